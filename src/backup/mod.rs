@@ -1,0 +1,343 @@
+//! Backup: a directory tree into a snapshot.
+//!
+//! The pipeline, one stage per file here, joined by bounded channels so memory stays bounded
+//! whatever the tree's size:
+//!
+//! ```text
+//! walker ──events──▶ trees ──tree packs──┐
+//!    │                 ▲ (waits on file slots)
+//!    └──file jobs──▶ reader ×N ──new blobs──▶ packer ×N ──data packs──▶ uploader ──▶ store
+//! ```
+//! - [`walker`] lists directories in name order, compares entries with the parent snapshot
+//!   and emits nodes; files that changed become jobs.
+//! - [`reader`] reads a file's data regions, cuts them with FastCDC, hashes each chunk with
+//!   the keyed BLAKE3 and sends chunks the repository lacks to the packers.
+//! - [`packer`] compresses and encrypts blobs into its own pack (one per thread, so blob
+//!   order never serialises the cores) and hands full packs to the uploader, which writes
+//!   them and, every few packs, an index file (so an interrupted backup is not lost work).
+//! - [`trees`] assembles directory trees bottom-up in walk order and stores them as blobs.
+//!
+//! Write order: packs, then the index listing them, then the snapshot. Any failure before
+//! the snapshot is written leaves the repository as valid as it was.
+
+mod exclude;
+mod packer;
+mod reader;
+mod trees;
+mod walker;
+
+pub use exclude::{CACHEDIR_TAG, Excludes};
+
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::repo::snapshot::{FileError, MAX_RECORDED_ERRORS, SnapshotStats};
+use crate::repo::{Id, Repository, Snapshot, SnapshotStatus};
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// How to choose the snapshot an incremental backup compares against.
+#[derive(Debug, Clone, Default)]
+pub enum ParentChoice {
+    /// The latest snapshot of the same host and paths.
+    #[default]
+    Auto,
+    /// Read every file again.
+    None,
+    Id(Id),
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    pub tags: Vec<String>,
+    pub hostname: String,
+    pub name: Option<String>,
+    pub excludes: Excludes,
+    pub parent: ParentChoice,
+    pub expires: Option<chrono::DateTime<chrono::Utc>>,
+    /// Reader and packer threads each; 0 means one per core.
+    pub threads: usize,
+    pub progress: Arc<Progress>,
+}
+
+impl BackupOptions {
+    pub fn new(paths: Vec<PathBuf>) -> BackupOptions {
+        BackupOptions {
+            paths,
+            tags: Vec::new(),
+            hostname: hostname(),
+            name: None,
+            excludes: Excludes::none(),
+            parent: ParentChoice::Auto,
+            expires: None,
+            threads: 0,
+            progress: Arc::new(Progress::new()),
+        }
+    }
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    pub id: Id,
+    pub snapshot: Snapshot,
+}
+
+/// State every stage shares: dedup set, counters, per-file errors, the first fatal error.
+pub(crate) struct Shared<'a> {
+    pub repo: &'a Repository,
+    pub progress: &'a Progress,
+    /// Blob IDs sent to a packer during this backup, so a chunk seen twice is stored once.
+    pub seen: Mutex<HashSet<Id>>,
+    pub stats: Stats,
+    errors: Mutex<Vec<FileError>>,
+    failure: Mutex<Option<Error>>,
+    abort: AtomicBool,
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub files: AtomicU64,
+    pub dirs: AtomicU64,
+    pub symlinks: AtomicU64,
+    pub others: AtomicU64,
+    pub files_new: AtomicU64,
+    pub files_changed: AtomicU64,
+    pub files_unmodified: AtomicU64,
+    pub sockets_skipped: AtomicU64,
+    pub excluded: AtomicU64,
+    pub total_bytes: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_new: AtomicU64,
+    pub bytes_stored: AtomicU64,
+    pub data_blobs_new: AtomicU64,
+    pub tree_blobs_new: AtomicU64,
+    pub packs_written: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl<'a> Shared<'a> {
+    /// Whether a blob must be stored: not in the repository and not yet sent by this backup.
+    pub fn claim(&self, id: &Id) -> bool {
+        !self.repo.index().contains(id) && self.seen.lock().unwrap().insert(*id)
+    }
+
+    /// Records a per-file problem: the snapshot still completes, as PartiallyFailed.
+    pub fn file_error(&self, path: &Path, message: impl Into<String>) {
+        let message = message.into();
+        Progress::add(&self.progress.errors, 1);
+        let mut errors = self.errors.lock().unwrap();
+        if errors.len() < MAX_RECORDED_ERRORS {
+            errors.push(FileError {
+                path: path.display().to_string(),
+                error: message,
+            });
+        }
+    }
+
+    /// Records a fatal error (the first one wins) and tells every stage to wind down.
+    pub fn fail(&self, err: Error) {
+        let mut f = self.failure.lock().unwrap();
+        if f.is_none() {
+            *f = Some(err);
+        }
+        self.abort.store(true, Ordering::SeqCst);
+    }
+
+    pub fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
+    }
+}
+
+/// Makes a path absolute and removes `.` and `..` without touching the file system (a
+/// symlink given as a path is stored as a symlink, not followed).
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io("cannot read the current directory", e))?
+            .join(path)
+    };
+    let mut out = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Takes a snapshot of `opts.paths` into `repo`.
+pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupReport> {
+    let started = std::time::Instant::now();
+    let time = chrono::Utc::now();
+    if opts.paths.is_empty() {
+        return Err(Error::invalid("no paths to back up were given"));
+    }
+    let mut paths = Vec::new();
+    for p in &opts.paths {
+        let abs = absolute(p)?;
+        if let Err(e) = std::fs::symlink_metadata(&abs) {
+            return Err(Error::new(
+                crate::error::Kind::NotFound,
+                format!("cannot back up {}: {e}", abs.display()),
+            ));
+        }
+        paths.push(abs);
+    }
+    paths.sort();
+    paths.dedup();
+    let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+
+    let parent = match &opts.parent {
+        ParentChoice::None => None,
+        ParentChoice::Id(id) => Some((*id, repo.read_snapshot(id)?)),
+        ParentChoice::Auto => repo
+            .list_snapshots()?
+            .into_iter()
+            .rev()
+            .find(|s| s.snapshot.hostname == opts.hostname && s.snapshot.paths == path_strings)
+            .map(|s| (s.id, s.snapshot)),
+    };
+    let parent_tree = match &parent {
+        Some((_, snap)) => Some(repo.read_tree(&snap.tree)?),
+        None => None,
+    };
+
+    let shared = Shared {
+        repo,
+        progress: &opts.progress,
+        seen: Mutex::new(HashSet::new()),
+        stats: Stats::default(),
+        errors: Mutex::new(Vec::new()),
+        failure: Mutex::new(None),
+        abort: AtomicBool::new(false),
+    };
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let (root, unindexed) = run_pipeline(
+        &shared,
+        &paths,
+        parent_tree.as_ref(),
+        &opts.excludes,
+        threads,
+    );
+
+    if let Some(err) = shared.failure.lock().unwrap().take() {
+        // Packs already uploaded but not yet indexed: list them so the next backup reuses them.
+        if !unindexed.is_empty() {
+            let _ = repo.write_index(&unindexed);
+        }
+        return Err(err);
+    }
+    let root = root.expect("pipeline returns a root tree unless it failed");
+    if !unindexed.is_empty() {
+        repo.write_index(&unindexed)?;
+    }
+
+    let errors = std::mem::take(&mut *shared.errors.lock().unwrap());
+    let s = &shared.stats;
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let error_count = opts.progress.errors.load(Ordering::Relaxed);
+    let stats = SnapshotStats {
+        files: get(&s.files),
+        dirs: get(&s.dirs),
+        symlinks: get(&s.symlinks),
+        others: get(&s.others),
+        files_new: get(&s.files_new),
+        files_changed: get(&s.files_changed),
+        files_unmodified: get(&s.files_unmodified),
+        sockets_skipped: get(&s.sockets_skipped),
+        excluded: get(&s.excluded),
+        errors: error_count,
+        total_bytes: get(&s.total_bytes),
+        bytes_read: get(&s.bytes_read),
+        bytes_new: get(&s.bytes_new),
+        bytes_stored: get(&s.bytes_stored),
+        data_blobs_new: get(&s.data_blobs_new),
+        tree_blobs_new: get(&s.tree_blobs_new),
+        packs_written: get(&s.packs_written),
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    let snapshot = Snapshot {
+        version: 1,
+        time: time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        hostname: opts.hostname.clone(),
+        paths: path_strings,
+        tags: opts.tags.clone(),
+        name: opts.name.clone(),
+        parent: parent.map(|(id, _)| id),
+        tree: root,
+        status: if error_count == 0 {
+            SnapshotStatus::Completed
+        } else {
+            SnapshotStatus::PartiallyFailed
+        },
+        stats,
+        errors,
+        expires: opts
+            .expires
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        program_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let id = repo.write_snapshot(&snapshot)?;
+    Ok(BackupReport { id, snapshot })
+}
+
+/// Runs every stage on scoped threads; returns the root tree (None on failure) and the packs
+/// uploaded but not yet listed in an index file.
+fn run_pipeline(
+    shared: &Shared<'_>,
+    paths: &[PathBuf],
+    parent: Option<&crate::repo::Tree>,
+    excludes: &Excludes,
+    threads: usize,
+) -> (Option<Id>, Vec<crate::repo::PackRecord>) {
+    use crossbeam_channel::bounded;
+    let (event_tx, event_rx) = bounded(4096);
+    let (job_tx, job_rx) = bounded::<reader::FileJob>(256);
+    let (blob_tx, blob_rx) = bounded::<packer::NewBlob>(2 * threads);
+    let (pack_tx, pack_rx) = bounded::<packer::FinishedPack>(threads + 1);
+
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let (rx, tx) = (job_rx.clone(), blob_tx.clone());
+            scope.spawn(move || reader::run(shared, rx, tx));
+        }
+        for _ in 0..threads {
+            let (rx, tx) = (blob_rx.clone(), pack_tx.clone());
+            scope.spawn(move || packer::run(shared, rx, tx));
+        }
+        let trees = {
+            let tx = pack_tx.clone();
+            scope.spawn(move || trees::run(shared, event_rx, tx))
+        };
+        let uploader = scope.spawn(move || packer::upload(shared, pack_rx));
+        drop((job_rx, blob_tx, blob_rx, pack_tx));
+
+        walker::Walker::new(shared, excludes, event_tx, job_tx).run(paths, parent);
+
+        let root = trees.join().expect("tree builder panicked");
+        let unindexed = uploader.join().expect("uploader panicked");
+        (root, unindexed)
+    })
+}

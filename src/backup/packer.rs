@@ -1,0 +1,146 @@
+//! Packers and the uploader.
+//!
+//! Each packer thread compresses and encrypts blobs into a pack of its own and hands it to
+//! the uploader when it reaches the target size. The uploader stores packs and writes an
+//! index file every [`CHECKPOINT_PACKS`] packs, so that if the backup dies, what was uploaded
+//! is indexed and the next backup does not send it again.
+
+use super::{Shared, bump};
+use crate::repo::Id;
+use crate::repo::pack::{BlobEncoder, BlobKind, PackRecord, PackWriter, pack_key};
+use crossbeam_channel::{Receiver, Sender};
+use std::path::PathBuf;
+
+pub const CHECKPOINT_PACKS: usize = 16;
+
+pub(super) struct NewBlob {
+    pub id: Id,
+    pub data: Vec<u8>,
+}
+
+pub(super) struct FinishedPack {
+    pub record: PackRecord,
+    pub path: PathBuf,
+}
+
+/// Adds encoded blobs to a pack of one kind, sending it on when full.
+pub(super) struct Packer<'s, 'r> {
+    shared: &'s Shared<'r>,
+    kind: BlobKind,
+    encoder: BlobEncoder,
+    scratch: Vec<u8>,
+    writer: Option<PackWriter>,
+    out: Sender<FinishedPack>,
+}
+
+impl<'s, 'r> Packer<'s, 'r> {
+    pub fn new(shared: &'s Shared<'r>, kind: BlobKind, out: Sender<FinishedPack>) -> Option<Self> {
+        let encoder = match BlobEncoder::new(shared.repo.config().compression.level) {
+            Ok(e) => e,
+            Err(e) => {
+                shared.fail(e);
+                return None;
+            }
+        };
+        Some(Packer {
+            shared,
+            kind,
+            encoder,
+            scratch: Vec::new(),
+            writer: None,
+            out,
+        })
+    }
+
+    pub fn add(&mut self, id: Id, data: &[u8]) {
+        if self.shared.aborted() {
+            return;
+        }
+        if let Err(e) = self.try_add(id, data) {
+            self.shared.fail(e);
+        }
+    }
+
+    fn try_add(&mut self, id: Id, data: &[u8]) -> crate::error::Result<()> {
+        let repo = self.shared.repo;
+        self.encoder.encode(data, &mut self.scratch);
+        if self.writer.is_none() {
+            self.writer = Some(PackWriter::create(
+                repo.keys(),
+                self.kind,
+                repo.spool_dir(),
+            )?);
+        }
+        let w = self.writer.as_mut().unwrap();
+        w.add(id, data.len() as u32, &mut self.scratch)?;
+        if w.size() >= repo.config().pack_target_size as u64 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> crate::error::Result<()> {
+        if let Some(w) = self.writer.take() {
+            let (record, path) = w.finish(self.shared.repo.keys())?;
+            if let Err(e) = self.out.send(FinishedPack { record, path }) {
+                let _ = std::fs::remove_file(&e.0.path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the last, partly filled pack (or discards it after a failure).
+    pub fn finish(mut self) {
+        if self.shared.aborted() {
+            if let Some(w) = self.writer.take() {
+                w.discard();
+            }
+            return;
+        }
+        if let Err(e) = self.flush() {
+            self.shared.fail(e);
+        }
+    }
+}
+
+pub(super) fn run(shared: &Shared<'_>, blobs: Receiver<NewBlob>, out: Sender<FinishedPack>) {
+    let Some(mut packer) = Packer::new(shared, BlobKind::Data, out) else {
+        for _ in blobs {}
+        return;
+    };
+    for blob in blobs {
+        packer.add(blob.id, &blob.data);
+    }
+    packer.finish();
+}
+
+/// Stores packs as they come; returns those not yet listed in an index file.
+pub(super) fn upload(shared: &Shared<'_>, packs: Receiver<FinishedPack>) -> Vec<PackRecord> {
+    let repo = shared.repo;
+    let mut pending = Vec::new();
+    for pack in packs {
+        if shared.aborted() {
+            let _ = std::fs::remove_file(&pack.path);
+            continue;
+        }
+        let size = pack.record.size;
+        if let Err(e) = repo
+            .store()
+            .put_file(&pack_key(&pack.record.id), &pack.path)
+        {
+            let _ = std::fs::remove_file(&pack.path);
+            shared.fail(crate::error::Error::from(e).context("cannot upload a pack"));
+            continue;
+        }
+        bump(&shared.stats.bytes_stored, size);
+        bump(&shared.stats.packs_written, 1);
+        pending.push(pack.record);
+        if pending.len() >= CHECKPOINT_PACKS {
+            match repo.write_index(&pending) {
+                Ok(_) => pending.clear(),
+                Err(e) => shared.fail(e),
+            }
+        }
+    }
+    pending
+}

@@ -1,0 +1,5 @@
+//! `agentctl`: the administrator's command line (see `hostagent::cli`).
+
+fn main() -> std::process::ExitCode {
+    hostagent::cli::main()
+}

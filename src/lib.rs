@@ -1,0 +1,16 @@
+//! hostagent: a node-level backup agent.
+//!
+//! The library holds the engine and the agent; the binaries `agentd` (the daemon) and
+//! `agentctl` (the command line) are thin layers over it. See docs/ARCHITECTURE.md for the
+//! code map and docs/FORMAT.md for the repository format.
+
+pub mod backup;
+pub mod cli;
+pub mod error;
+pub mod fsmeta;
+pub mod progress;
+pub mod repo;
+pub mod restore;
+pub mod store;
+
+pub use error::{Error, Kind, Result};

@@ -1,0 +1,372 @@
+//! The repository format: what the engine writes to an object store and how it reads it back.
+//!
+//! Objects (byte layouts in docs/FORMAT.md):
+//! - `config`: plain JSON, format version and shared parameters ([`config`]);
+//! - `keys/<id>`: key slots wrapping the master key ([`keys`]);
+//! - `packs/<xx>/<id>`: encrypted blobs with an encrypted header ([`pack`]);
+//! - `index/<id>`: sealed lists of packs and their blobs ([`index`]);
+//! - `snapshots/<id>`: sealed manifests pointing at a root tree ([`snapshot`], [`tree`]).
+//!
+//! Every object but `config` and key slots is named by the hash of its bytes and never
+//! rewritten. Writers add packs, then the index that lists them, then the snapshot that
+//! refers to them, so a crash at any point leaves a valid repository (at worst with
+//! unreferenced packs that garbage collection removes).
+
+pub mod config;
+pub mod crypto;
+pub mod id;
+pub mod index;
+pub mod keys;
+pub mod pack;
+pub mod snapshot;
+pub mod tree;
+
+pub use config::Config;
+pub use crypto::Keys;
+pub use id::Id;
+pub use index::Index;
+pub use keys::{KdfParams, KeySlot};
+pub use pack::{BlobDecoder, BlobKind, PackRecord};
+pub use snapshot::{Snapshot, SnapshotEntry, SnapshotStatus};
+pub use tree::{Node, NodeKind, Tree};
+
+use crate::error::{Error, Kind, Result};
+use crate::store::{ObjectStore, StoreErrorKind};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Options for creating a repository; `None` takes the measured defaults.
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    pub kdf: KdfParams,
+    pub chunker: Option<config::ChunkerParams>,
+    pub pack_target_size: Option<u32>,
+    pub compression_level: Option<i32>,
+}
+
+/// An open repository: store, config, keys and the loaded index.
+pub struct Repository {
+    store: Arc<dyn ObjectStore>,
+    config: Config,
+    keys: Keys,
+    index: Index,
+    spool_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("store", &self.store.location())
+            .field("id", &self.config.id)
+            .finish()
+    }
+}
+
+fn store_err(e: crate::store::StoreError, what: &str) -> Error {
+    Error::from(e).context(what)
+}
+
+impl Repository {
+    /// Creates a repository in an empty store location.
+    pub fn init(
+        store: Arc<dyn ObjectStore>,
+        password: &[u8],
+        opts: InitOptions,
+    ) -> Result<Repository> {
+        match store.get(config::CONFIG_KEY) {
+            Ok(_) => {
+                return Err(Error::new(
+                    Kind::AlreadyExists,
+                    format!(
+                        "{}: a repository already exists here; use it, or choose another location",
+                        store.location()
+                    ),
+                ));
+            }
+            Err(e) if e.kind == StoreErrorKind::NotFound => {}
+            Err(e) => return Err(store_err(e, "cannot check the repository location")),
+        }
+        let mut config = Config::new(crypto::random_bytes());
+        if let Some(c) = opts.chunker {
+            config.chunker = c;
+        }
+        if let Some(p) = opts.pack_target_size {
+            config.pack_target_size = p;
+        }
+        if let Some(l) = opts.compression_level {
+            config.compression.level = l;
+        }
+        // Validate what we are about to write with the same checks a reader applies.
+        Config::parse(&config.to_bytes(), &store.location())?;
+        let keys = Keys::generate();
+        let slot = KeySlot::create(&keys, password, opts.kdf, &config.id, "initial")?;
+        let slot_id = Id::of_stored(&slot.to_bytes());
+        store
+            .put(
+                &format!("{}{}", keys::KEYS_PREFIX, slot_id.to_hex()),
+                &slot.to_bytes(),
+            )
+            .map_err(|e| store_err(e, "cannot write the key slot"))?;
+        store
+            .put(config::CONFIG_KEY, &config.to_bytes())
+            .map_err(|e| store_err(e, "cannot write the repository config"))?;
+        Self::assemble(store, config, keys)
+    }
+
+    /// Opens a repository with a password and loads its index.
+    pub fn open(store: Arc<dyn ObjectStore>, password: &[u8]) -> Result<Repository> {
+        let location = store.location();
+        let config = match store.get(config::CONFIG_KEY) {
+            Ok(bytes) => Config::parse(&bytes, &location)?,
+            Err(e) if e.kind == StoreErrorKind::NotFound => {
+                return Err(Error::new(
+                    Kind::NoRepository,
+                    format!(
+                        "{location}: there is no repository here; create one with `agentctl repo init`"
+                    ),
+                ));
+            }
+            Err(e) => return Err(store_err(e, "cannot read the repository config")),
+        };
+        let slots = store
+            .list(keys::KEYS_PREFIX)
+            .map_err(|e| store_err(e, "cannot list key slots"))?;
+        let mut keys = None;
+        for slot in &slots {
+            let bytes = store
+                .get(&slot.key)
+                .map_err(|e| store_err(e, "cannot read a key slot"))?;
+            if let Some(k) = KeySlot::parse(&bytes)?.open(password, &config.id)? {
+                keys = Some(k);
+                break;
+            }
+        }
+        let Some(keys) = keys else {
+            return Err(Error::new(
+                Kind::WrongPassword,
+                format!(
+                    "wrong repository password: none of the {} key slots of {location} opened with it",
+                    slots.len()
+                ),
+            ));
+        };
+        Self::assemble(store, config, keys)
+    }
+
+    fn assemble(store: Arc<dyn ObjectStore>, config: Config, keys: Keys) -> Result<Repository> {
+        let spool_dir = store.spool_dir().unwrap_or_else(std::env::temp_dir);
+        let mut repo = Repository {
+            store,
+            config,
+            keys,
+            index: Index::new(),
+            spool_dir,
+        };
+        repo.reload_index()?;
+        Ok(repo)
+    }
+
+    /// Reads every index file again (after other writers added some).
+    pub fn reload_index(&mut self) -> Result<()> {
+        let files = self
+            .store
+            .list(index::INDEX_PREFIX)
+            .map_err(|e| store_err(e, "cannot list index files"))?;
+        let mut idx = Index::new();
+        for f in files {
+            let id = Id::from_hex(&f.key[index::INDEX_PREFIX.len()..])
+                .map_err(|_| Error::corrupt(format!("unexpected object {} in index/", f.key)))?;
+            let bytes = self
+                .store
+                .get(&f.key)
+                .map_err(|e| store_err(e, "cannot read an index file"))?;
+            for pack in index::decode_file(&self.keys, &id, &bytes)? {
+                idx.add_pack(&pack);
+            }
+        }
+        idx.finalize();
+        self.index = idx;
+        Ok(())
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Where packs are built before upload.
+    pub fn spool_dir(&self) -> &std::path::Path {
+        &self.spool_dir
+    }
+
+    pub fn set_spool_dir(&mut self, dir: PathBuf) {
+        self.spool_dir = dir;
+    }
+
+    /// Reads, decrypts, decompresses and verifies one blob against its ID.
+    pub fn read_blob(
+        &self,
+        id: &Id,
+        raw_len: Option<usize>,
+        decoder: &mut BlobDecoder,
+    ) -> Result<Vec<u8>> {
+        let loc = self.index.locate(id).ok_or_else(|| {
+            Error::not_found(format!(
+                "blob {} is not in the index (lost data; run a check)",
+                id.short()
+            ))
+        })?;
+        let key = pack::pack_key(&loc.pack.id);
+        let mut buf = self
+            .store
+            .get_range(&key, loc.offset as u64, loc.stored_len as u64)
+            .map_err(|e| {
+                let what = if e.kind == StoreErrorKind::NotFound {
+                    format!("pack {} is missing", loc.pack.id.short())
+                } else {
+                    format!("cannot read pack {}", loc.pack.id.short())
+                };
+                Error::from(e).context(what)
+            })?;
+        if buf.len() != loc.stored_len as usize {
+            return Err(Error::corrupt(format!(
+                "pack {} is truncated (blob {} cut short)",
+                loc.pack.id.short(),
+                id.short()
+            )));
+        }
+        self.keys.pack_cipher(&loc.pack.salt).decrypt(
+            loc.offset as u64,
+            id,
+            loc.pack.kind as u8,
+            &mut buf,
+        )?;
+        let plain = decoder.decode(buf, raw_len)?;
+        if self.keys.blob_id(&plain) != *id {
+            return Err(Error::corrupt(format!(
+                "blob {} in pack {} does not match its ID",
+                id.short(),
+                loc.pack.id.short()
+            )));
+        }
+        Ok(plain)
+    }
+
+    pub fn read_tree(&self, id: &Id) -> Result<Tree> {
+        let bytes = self.read_blob(id, None, &mut BlobDecoder::new())?;
+        Tree::decode(&bytes).map_err(|e| e.context(format!("tree {}", id.short())))
+    }
+
+    /// Writes an index file listing `packs`.
+    pub fn write_index(&self, packs: &[PackRecord]) -> Result<Id> {
+        let (id, bytes) = index::encode_file(&self.keys, packs);
+        self.store
+            .put(&index::index_key(&id), &bytes)
+            .map_err(|e| store_err(e, "cannot write an index file"))?;
+        Ok(id)
+    }
+
+    pub fn write_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        let sealed = self.keys.seal(snapshot::SNAPSHOT_AAD, &snap.encode());
+        let id = Id::of_stored(&sealed);
+        self.store
+            .put(&snapshot::snapshot_key(&id), &sealed)
+            .map_err(|e| store_err(e, "cannot write the snapshot manifest"))?;
+        Ok(id)
+    }
+
+    pub fn read_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let sealed = self.store.get(&snapshot::snapshot_key(id)).map_err(|e| {
+            if e.kind == StoreErrorKind::NotFound {
+                Error::not_found(format!("snapshot {} does not exist", id.short()))
+            } else {
+                store_err(e, "cannot read a snapshot manifest")
+            }
+        })?;
+        if Id::of_stored(&sealed) != *id {
+            return Err(Error::corrupt(format!(
+                "snapshot {}: manifest does not match its name (damaged)",
+                id.short()
+            )));
+        }
+        let plain = self
+            .keys
+            .open(snapshot::SNAPSHOT_AAD, &sealed)
+            .map_err(|e| e.context(format!("snapshot {}", id.short())))?;
+        Snapshot::decode(&plain, id)
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn list_snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let objects = self
+            .store
+            .list(snapshot::SNAPSHOTS_PREFIX)
+            .map_err(|e| store_err(e, "cannot list snapshots"))?;
+        let mut out = Vec::with_capacity(objects.len());
+        for o in objects {
+            let id = Id::from_hex(&o.key[snapshot::SNAPSHOTS_PREFIX.len()..]).map_err(|_| {
+                Error::corrupt(format!("unexpected object {} in snapshots/", o.key))
+            })?;
+            out.push(SnapshotEntry {
+                id,
+                snapshot: self.read_snapshot(&id)?,
+            });
+        }
+        out.sort_by(|a, b| {
+            (a.snapshot.time(), &a.snapshot.time).cmp(&(b.snapshot.time(), &b.snapshot.time))
+        });
+        Ok(out)
+    }
+
+    /// Finds a snapshot by `latest`, a unique hex prefix of its ID (4 digits or more), or its
+    /// name.
+    pub fn resolve_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {
+        let all = self.list_snapshots()?;
+        if spec == "latest" {
+            return all.into_iter().next_back().ok_or_else(|| {
+                Error::not_found(
+                    "the repository has no snapshots yet; take one with `agentctl snapshot`",
+                )
+            });
+        }
+        let spec_lc = spec.to_ascii_lowercase();
+        let matches: Vec<_> = all
+            .into_iter()
+            .filter(|s| {
+                (spec.len() >= 4 && s.id.to_hex().starts_with(&spec_lc))
+                    || s.snapshot.name.as_deref() == Some(spec)
+            })
+            .collect();
+        match matches.len() {
+            1 => Ok(matches.into_iter().next().unwrap()),
+            0 => Err(Error::not_found(format!(
+                "no snapshot matches {spec:?}; list them with `agentctl snapshots`"
+            ))),
+            n => Err(Error::invalid(format!(
+                "{spec:?} matches {n} snapshots; give more digits of the ID"
+            ))),
+        }
+    }
+
+    /// Adds a key slot for another password.
+    pub fn add_password(&self, password: &[u8], kdf: KdfParams, label: &str) -> Result<Id> {
+        let slot = KeySlot::create(&self.keys, password, kdf, &self.config.id, label)?;
+        let bytes = slot.to_bytes();
+        let id = Id::of_stored(&bytes);
+        self.store
+            .put(&format!("{}{}", keys::KEYS_PREFIX, id.to_hex()), &bytes)
+            .map_err(|e| store_err(e, "cannot write the key slot"))?;
+        Ok(id)
+    }
+}

@@ -1,0 +1,214 @@
+//! Writers: threads that fill files piece by piece. The first piece of a file to arrive
+//! creates it under a temporary name; the last one to finish gives it its metadata and
+//! renames it into place, or removes it if any piece failed.
+
+use super::Errors;
+use super::fsops;
+use crate::progress::Progress;
+use crate::repo::tree::{Extent, Node};
+use crate::repo::{BlobDecoder, Repository};
+use crossbeam_channel::Receiver;
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::Mode;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub(crate) struct Context<'r> {
+    pub repo: &'r Repository,
+    pub root: &'r File,
+    pub target: &'r Path,
+    pub progress: &'r Progress,
+    pub errors: &'r Errors,
+    pub replace_dirs: bool,
+}
+
+struct Open {
+    dir: Arc<OwnedFd>,
+    file: File,
+}
+
+/// One file being restored, shared by its pieces.
+pub(super) struct FileState {
+    rel_dir: PathBuf,
+    node: Node,
+    shown: PathBuf,
+    tmp: Vec<u8>,
+    open: Mutex<Option<Result<Arc<Open>, String>>>,
+    remaining: AtomicUsize,
+    failure: Mutex<Option<String>>,
+}
+
+impl FileState {
+    pub fn new(rel_dir: PathBuf, node: Node, shown: PathBuf, pieces: usize) -> FileState {
+        FileState {
+            rel_dir,
+            node,
+            shown,
+            tmp: fsops::temp_name(),
+            open: Mutex::new(None),
+            remaining: AtomicUsize::new(pieces),
+            failure: Mutex::new(None),
+        }
+    }
+
+    fn fail(&self, msg: String) {
+        let mut f = self.failure.lock().unwrap();
+        if f.is_none() {
+            *f = Some(msg);
+        }
+    }
+}
+
+pub(super) struct Piece {
+    pub file: Arc<FileState>,
+    /// (offset in the file, extent)
+    pub extents: Vec<(u64, Extent)>,
+}
+
+/// Keeps the last directory a writer used open: files arrive grouped by directory.
+#[derive(Default)]
+struct DirCache {
+    last: Option<(PathBuf, Arc<OwnedFd>)>,
+}
+
+impl DirCache {
+    fn get(&mut self, ctx: &Context<'_>, rel: &Path) -> std::io::Result<Arc<OwnedFd>> {
+        if let Some((p, fd)) = &self.last
+            && p == rel
+        {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(fsops::open_dir_below(ctx.root.as_fd(), rel)?);
+        self.last = Some((rel.to_path_buf(), fd.clone()));
+        Ok(fd)
+    }
+}
+
+/// Returns (files restored, bytes written).
+pub(super) fn run(ctx: &Context<'_>, pieces: Receiver<Piece>) -> (u64, u64) {
+    let mut decoder = BlobDecoder::new();
+    let mut dirs = DirCache::default();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for piece in pieces {
+        let state = &piece.file;
+        if ctx.progress.is_cancelled() {
+            state.fail("restore cancelled".into());
+        } else {
+            match open_file(ctx, state, &mut dirs) {
+                Ok(open) => {
+                    if let Err(msg) =
+                        write_piece(ctx, &open.file, &piece.extents, &mut decoder, &mut bytes)
+                    {
+                        state.fail(msg);
+                    }
+                }
+                Err(msg) => state.fail(msg),
+            }
+        }
+        if state.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if finalize(ctx, state) {
+                files += 1;
+            }
+            Progress::add(&ctx.progress.files_done, 1);
+        }
+    }
+    (files, bytes)
+}
+
+fn open_file(
+    ctx: &Context<'_>,
+    state: &FileState,
+    dirs: &mut DirCache,
+) -> Result<Arc<Open>, String> {
+    let mut guard = state.open.lock().unwrap();
+    if let Some(r) = guard.as_ref() {
+        return r.clone();
+    }
+    let result = (|| {
+        let dir = dirs
+            .get(ctx, &state.rel_dir)
+            .map_err(|e| format!("cannot open its directory: {e}"))?;
+        let flags =
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(
+            &*dir,
+            OsStr::from_bytes(&state.tmp),
+            flags,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| {
+            crate::error::Error::io("cannot create the file", fsops::errno(e)).to_string()
+        })?;
+        let file = File::from(fd);
+        // Sizing first makes every hole a hole; data is then written in place.
+        file.set_len(state.node.size)
+            .map_err(|e| crate::error::Error::io("cannot size the file", e).to_string())?;
+        Ok(Arc::new(Open { dir, file }))
+    })();
+    *guard = Some(result.clone());
+    result
+}
+
+fn write_piece(
+    ctx: &Context<'_>,
+    file: &File,
+    extents: &[(u64, Extent)],
+    decoder: &mut BlobDecoder,
+    bytes: &mut u64,
+) -> Result<(), String> {
+    for (offset, extent) in extents {
+        if let Extent::Data { id, len } = extent {
+            let data = ctx
+                .repo
+                .read_blob(id, Some(*len as usize), decoder)
+                .map_err(|e| e.to_string())?;
+            file.write_all_at(&data, *offset)
+                .map_err(|e| crate::error::Error::io("cannot write", e).to_string())?;
+            *bytes += data.len() as u64;
+            Progress::add(&ctx.progress.bytes_done, data.len() as u64);
+        }
+    }
+    Ok(())
+}
+
+/// Metadata and rename for a complete file, or clean-up for a failed one.
+fn finalize(ctx: &Context<'_>, state: &FileState) -> bool {
+    let open = state.open.lock().unwrap().take();
+    let failure = state.failure.lock().unwrap().take();
+    let Some(Ok(open)) = open else {
+        ctx.errors.record(
+            &state.shown,
+            failure.unwrap_or_else(|| "was not created".into()),
+        );
+        return false;
+    };
+    let result = match failure {
+        Some(msg) => Err(msg),
+        None => fsops::apply_meta_fd(open.file.as_fd(), &state.node)
+            .and_then(|()| {
+                let dir_path = ctx.target.join(&state.rel_dir);
+                fsops::commit(
+                    open.dir.as_fd(),
+                    &state.tmp,
+                    &state.node.name,
+                    ctx.replace_dirs,
+                    &dir_path,
+                )
+            })
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => true,
+        Err(msg) => {
+            fsops::unlink_quiet(open.dir.as_fd(), &state.tmp);
+            ctx.errors.record(&state.shown, msg);
+            false
+        }
+    }
+}
