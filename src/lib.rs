@@ -8,9 +8,11 @@ pub mod backup;
 pub mod cli;
 pub mod error;
 pub mod fsmeta;
+pub mod node_restore;
 pub mod progress;
 pub mod repo;
 pub mod restore;
+pub mod service;
 pub mod store;
 
 pub use error::{Error, Kind, Result};

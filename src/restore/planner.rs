@@ -92,11 +92,17 @@ impl<'c, 'r> Planner<'c, 'r> {
         }
     }
 
-    pub fn run(&mut self, root: &Tree) {
+    /// Restores `root`, the tree at snapshot path `start` (empty for the snapshot's root),
+    /// into the target directory. `root_node` is that directory's own node, whose metadata
+    /// the target takes at the end.
+    pub fn run(&mut self, root: &Tree, start: Vec<Vec<u8>>, root_node: Option<Node>) {
         match fsops::open_dir_below(self.ctx.root.as_fd(), Path::new("")) {
             Ok(fd) => {
-                let full = self.select(&[]) == Sel::Full;
-                self.dir(root, Path::new(""), &mut Vec::new(), full, &fd);
+                let full = self.select(&start) == Sel::Full;
+                if let Some(node) = root_node.filter(|_| full) {
+                    self.plan.dir_meta.push((PathBuf::new(), node));
+                }
+                self.dir(root, Path::new(""), &mut start.clone(), full, &fd);
             }
             Err(e) => self.ctx.errors.record(self.ctx.target, e),
         }
