@@ -95,7 +95,7 @@ pub struct NodeRestoreReport {
 pub struct Failure {
     pub reason: String,
     pub error: Error,
-    pub report: NodeRestoreReport,
+    pub report: Box<NodeRestoreReport>,
 }
 
 impl std::fmt::Display for Failure {
@@ -155,7 +155,7 @@ pub fn run(
             return Err(Failure {
                 reason: $reason,
                 error: $err,
-                report,
+                report: Box::new(report),
             })
         };
     }
