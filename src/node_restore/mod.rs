@@ -268,7 +268,7 @@ pub fn run(
         Some((reason, error)) => Err(Failure {
             reason,
             error,
-            report,
+            report: Box::new(report),
         }),
         None => Ok(report),
     }
