@@ -12,7 +12,7 @@ mkdir -p "$CARGO_TARGET_DIR"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "system packages"
-packages=(acl attr libcap2-bin)
+packages=(acl attr libcap2-bin debootstrap systemd-container)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,6 +25,9 @@ if [ "$(id -u)" != 0 ]; then
   echo "tests/run-all.sh: run as root: the tests restore owners, devices and capabilities" >&2
   exit 1
 fi
+
+step "lab node image (debootstrap, cached)"
+tests/lab/lab.sh build
 
 step "rustfmt"
 cargo fmt --check

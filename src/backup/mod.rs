@@ -31,7 +31,7 @@ pub use exclude::{CACHEDIR_TAG, Excludes};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::snapshot::{FileError, MAX_RECORDED_ERRORS, SnapshotStats};
-use crate::repo::{Id, Repository, Snapshot, SnapshotStatus};
+use crate::repo::{Id, PackRecord, Repository, Snapshot, SnapshotStatus};
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -94,6 +94,8 @@ pub struct BackupReport {
 /// State every stage shares: dedup set, counters, per-file errors, the first fatal error.
 pub(crate) struct Shared<'a> {
     pub repo: &'a Repository,
+    /// The index as it was when the backup started: what is already stored.
+    pub index: Arc<crate::repo::Index>,
     pub progress: &'a Progress,
     /// Blob IDs sent to a packer during this backup, so a chunk seen twice is stored once.
     pub seen: Mutex<HashSet<Id>>,
@@ -130,7 +132,7 @@ pub(crate) fn bump(c: &AtomicU64, n: u64) {
 impl<'a> Shared<'a> {
     /// Whether a blob must be stored: not in the repository and not yet sent by this backup.
     pub fn claim(&self, id: &Id) -> bool {
-        !self.repo.index().contains(id) && self.seen.lock().unwrap().insert(*id)
+        !self.index.contains(id) && self.seen.lock().unwrap().insert(*id)
     }
 
     /// Records a per-file problem: the snapshot still completes, as PartiallyFailed.
@@ -222,6 +224,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupReport> {
 
     let shared = Shared {
         repo,
+        index: repo.index(),
         progress: &opts.progress,
         seen: Mutex::new(HashSet::new()),
         stats: Stats::default(),
@@ -234,7 +237,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupReport> {
     } else {
         opts.threads
     };
-    let (root, unindexed) = run_pipeline(
+    let (root, (mut indexed, unindexed)) = run_pipeline(
         &shared,
         &paths,
         parent_tree.as_ref(),
@@ -244,15 +247,18 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupReport> {
 
     if let Some(err) = shared.failure.lock().unwrap().take() {
         // Packs already uploaded but not yet indexed: list them so the next backup reuses them.
-        if !unindexed.is_empty() {
-            let _ = repo.write_index(&unindexed);
+        if !unindexed.is_empty() && repo.write_index(&unindexed).is_ok() {
+            indexed.extend(unindexed);
         }
+        repo.add_to_index(&indexed);
         return Err(err);
     }
     let root = root.expect("pipeline returns a root tree unless it failed");
     if !unindexed.is_empty() {
         repo.write_index(&unindexed)?;
+        indexed.extend(unindexed);
     }
+    repo.add_to_index(&indexed);
 
     let errors = std::mem::take(&mut *shared.errors.lock().unwrap());
     let s = &shared.stats;
@@ -311,7 +317,7 @@ fn run_pipeline(
     parent: Option<&crate::repo::Tree>,
     excludes: &Excludes,
     threads: usize,
-) -> (Option<Id>, Vec<crate::repo::PackRecord>) {
+) -> (Option<Id>, (Vec<PackRecord>, Vec<PackRecord>)) {
     use crossbeam_channel::bounded;
     let (event_tx, event_rx) = bounded(4096);
     let (job_tx, job_rx) = bounded::<reader::FileJob>(256);

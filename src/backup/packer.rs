@@ -114,10 +114,15 @@ pub(super) fn run(shared: &Shared<'_>, blobs: Receiver<NewBlob>, out: Sender<Fin
     packer.finish();
 }
 
-/// Stores packs as they come; returns those not yet listed in an index file.
-pub(super) fn upload(shared: &Shared<'_>, packs: Receiver<FinishedPack>) -> Vec<PackRecord> {
+/// Stores packs as they come; returns every pack stored and those of them not yet listed in
+/// an index file.
+pub(super) fn upload(
+    shared: &Shared<'_>,
+    packs: Receiver<FinishedPack>,
+) -> (Vec<PackRecord>, Vec<PackRecord>) {
     let repo = shared.repo;
     let mut pending = Vec::new();
+    let mut indexed = Vec::new();
     for pack in packs {
         if shared.aborted() {
             let _ = std::fs::remove_file(&pack.path);
@@ -137,10 +142,10 @@ pub(super) fn upload(shared: &Shared<'_>, packs: Receiver<FinishedPack>) -> Vec<
         pending.push(pack.record);
         if pending.len() >= CHECKPOINT_PACKS {
             match repo.write_index(&pending) {
-                Ok(_) => pending.clear(),
+                Ok(_) => indexed.append(&mut pending),
                 Err(e) => shared.fail(e),
             }
         }
     }
-    pending
+    (indexed, pending)
 }

@@ -288,7 +288,7 @@ impl<'s, 'r> Walker<'s, 'r> {
             && unchanged(p, &node)
             && let NodeKind::File { extents } = &p.kind
             && extents.iter().all(|e| match e {
-                Extent::Data { id, .. } => self.shared.repo.index().contains(id),
+                Extent::Data { id, .. } => self.shared.index.contains(id),
                 Extent::Hole { .. } => true,
             })
         {

@@ -214,6 +214,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::NodeRestore(a) => super::node::run(g, a),
         Command::Restore(a) => {
             let repo = open(g)?;
             let snap = repo.resolve_snapshot(&a.snapshot)?;
@@ -265,7 +266,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
     }
 }
 
-fn open(g: &super::Global) -> Result<Repository> {
+pub(super) fn open(g: &super::Global) -> Result<Repository> {
     let store = access::store(g)?;
     let (password, source) = access::password(g, false)?;
     Repository::open(store, &password).map_err(|e| {

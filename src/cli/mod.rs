@@ -7,6 +7,7 @@
 
 mod access;
 mod commands;
+mod node;
 mod output;
 
 use crate::error::{Error, Kind};
@@ -58,6 +59,9 @@ pub enum Command {
     Diff(DiffArgs),
     /// Restore a snapshot, or paths of it, into a directory.
     Restore(RestoreArgs),
+    /// Bring a node's tree back: stop units, restore with an atomic swap, run post-restore
+    /// steps, start the units again.
+    NodeRestore(NodeRestoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +136,57 @@ pub struct RestoreArgs {
     /// Also remove entries of the target that the snapshot does not have.
     #[arg(long)]
     pub delete: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeRestoreArgs {
+    /// Snapshot ID (or unique prefix), name, or "latest".
+    #[arg(required_unless_present = "recover")]
+    pub snapshot: Option<String>,
+    /// The tree to bring back.
+    #[arg(long, default_value = "/var/onprem")]
+    pub target: PathBuf,
+    /// With "latest": take the latest Completed snapshot of this host (cross-node restore).
+    #[arg(long)]
+    pub source_host: Option<String>,
+    /// The snapshot path to restore from, when it differs from --target (drills).
+    #[arg(long)]
+    pub source_path: Option<PathBuf>,
+    /// Restore only these directories below the target (repeatable).
+    #[arg(long = "include")]
+    pub includes: Vec<PathBuf>,
+    /// Units to stop during the restore, if active (repeatable; default autofs.service and
+    /// nfs-server.service).
+    #[arg(long = "unit")]
+    pub units: Vec<String>,
+    /// Post-restore command, run with sh -c (repeatable; default: exportfs -ra).
+    #[arg(long = "post-exec")]
+    pub post_exec: Vec<String>,
+    /// Run no post-restore command.
+    #[arg(long, conflicts_with = "post_exec")]
+    pub no_post_steps: bool,
+    /// Seconds each post-restore command may take.
+    #[arg(long, default_value_t = 60)]
+    pub post_timeout: u64,
+    /// Seconds a unit may take to stop or start.
+    #[arg(long, default_value_t = 90)]
+    pub unit_timeout: u64,
+    /// Skip the pre-restore safety snapshot of the current tree.
+    #[arg(long)]
+    pub no_safety_snapshot: bool,
+    /// Show what would be added, changed and removed, and which units would stop; change
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where the record of stopped units is kept.
+    #[arg(long, default_value = "/var/lib/hostagent")]
+    pub state_dir: PathBuf,
+    /// D-Bus address of the systemd manager (default: the system bus).
+    #[arg(long)]
+    pub systemd_address: Option<String>,
+    /// Start the units an interrupted node restore left stopped, then exit.
+    #[arg(long)]
+    pub recover: bool,
 }
 
 /// Parses the command line, runs the command, and turns the outcome into an exit code.

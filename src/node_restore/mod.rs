@@ -204,12 +204,11 @@ pub fn run(
             Err(e) => fail!(format!("{unit} stop failed"), e),
         }
     }
-    if let Err(e) = state::save(
-        &opts.state_dir,
-        &state::StoppedUnits {
-            units: active.clone(),
-        },
-    ) {
+    let mut record = state::StoppedUnits {
+        units: active.clone(),
+        staging: Vec::new(),
+    };
+    if let Err(e) = state::save(&opts.state_dir, &record) {
         fail!("recording stopped units failed".into(), e);
     }
     let mut failure: Option<(String, Error)> = None;
@@ -225,7 +224,16 @@ pub fn run(
 
     if failure.is_none() {
         progress.set_step("restore");
-        if let Err(e) = restore_swapped(repo, &entry, &source, opts) {
+        let swaps = swap_points(opts);
+        let staging: Vec<PathBuf> = swaps
+            .iter()
+            .map(|l| staging_path(l))
+            .collect::<Result<_>>()
+            .unwrap_or_default();
+        record.staging = staging.clone();
+        let r = state::save(&opts.state_dir, &record)
+            .and_then(|()| restore_swapped(repo, &entry, &source, &swaps, &staging, opts));
+        if let Err(e) = r {
             failure = Some(("file-system restore failed".into(), e));
         }
     }
@@ -276,27 +284,38 @@ pub fn run(
 
 /// Restores into staging directories and swaps them with the live ones; on any failure the
 /// staging directories are removed and the live tree is untouched.
+fn swap_points(opts: &NodeRestoreOptions) -> Vec<PathBuf> {
+    if opts.includes.is_empty() {
+        vec![opts.target.clone()]
+    } else {
+        opts.includes.clone()
+    }
+}
+
 fn restore_swapped(
     repo: &Repository,
     entry: &SnapshotEntry,
     source: &Path,
+    swaps: &[PathBuf],
+    staging_dirs: &[PathBuf],
     opts: &NodeRestoreOptions,
 ) -> Result<()> {
-    let swaps: Vec<PathBuf> = if opts.includes.is_empty() {
-        vec![opts.target.clone()]
-    } else {
-        opts.includes.clone()
-    };
+    if staging_dirs.len() != swaps.len() {
+        return Err(Error::invalid(format!(
+            "cannot place a staging directory beside {}",
+            opts.target.display()
+        )));
+    }
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
     let cleanup = |staged: &[(PathBuf, PathBuf)]| {
         for (_, s) in staged {
             let _ = std::fs::remove_dir_all(s);
         }
     };
-    for live in &swaps {
+    for (live, staging) in swaps.iter().zip(staging_dirs) {
         let rel = live.strip_prefix(&opts.target).unwrap_or(Path::new(""));
         let from = source.join(rel);
-        let staging = staging_path(live)?;
+        let staging = staging.clone();
         staged.push((live.clone(), staging.clone()));
         let mut ro = RestoreOptions::new(&staging);
         ro.subtree = Some(from);
@@ -383,13 +402,24 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
         )
     };
     if rc == 0 {
-        Ok(())
-    } else {
-        Err(Error::io(
-            format!("cannot swap {} with the restored tree", a.display()),
-            std::io::Error::last_os_error(),
-        ))
+        return Ok(());
     }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EINVAL) {
+        return Err(Error::io(
+            format!("cannot swap {} with the restored tree", a.display()),
+            err,
+        ));
+    }
+    // No RENAME_EXCHANGE on this file system: two renames, undone if the second fails. The
+    // window in which `a` is missing is two system calls long.
+    let aside = b.with_extension("hostagent-swap");
+    rename(a, &aside)?;
+    if let Err(e) = rename(b, a) {
+        let _ = std::fs::rename(&aside, a);
+        return Err(e);
+    }
+    rename(&aside, b)
 }
 
 fn rename(from: &Path, to: &Path) -> Result<()> {

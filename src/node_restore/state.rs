@@ -13,6 +13,9 @@ pub const STATE_FILE: &str = "node-restore-units.json";
 pub struct StoppedUnits {
     /// In the order they are stopped; started again in reverse.
     pub units: Vec<String>,
+    /// Staging directories a restore may have left behind.
+    #[serde(default)]
+    pub staging: Vec<PathBuf>,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -68,6 +71,9 @@ pub fn recover(
     };
     let record: StoppedUnits = serde_json::from_slice(&bytes)
         .map_err(|e| Error::corrupt(format!("{} is not valid: {e}", p.display())))?;
+    for dir in &record.staging {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     let mut started = Vec::new();
     let mut first_error = None;
     for unit in record.units.iter().rev() {

@@ -146,7 +146,7 @@ pub struct Location<'a> {
 }
 
 /// The in-memory index of every blob in the loaded index files.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Index {
     packs: Vec<PackInfo>,
     entries: Vec<Entry>,

@@ -33,7 +33,7 @@ pub use tree::{Node, NodeKind, Tree};
 use crate::error::{Error, Kind, Result};
 use crate::store::{ObjectStore, StoreErrorKind};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// Options for creating a repository; `None` takes the measured defaults.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +49,9 @@ pub struct Repository {
     store: Arc<dyn ObjectStore>,
     config: Config,
     keys: Keys,
-    index: Index,
+    /// Replaced whole when it grows (after a backup, a reload); readers keep the Arc they
+    /// took, so lookups never wait on a writer.
+    index: RwLock<Arc<Index>>,
     spool_dir: PathBuf,
 }
 
@@ -155,11 +157,11 @@ impl Repository {
 
     fn assemble(store: Arc<dyn ObjectStore>, config: Config, keys: Keys) -> Result<Repository> {
         let spool_dir = store.spool_dir().unwrap_or_else(std::env::temp_dir);
-        let mut repo = Repository {
+        let repo = Repository {
             store,
             config,
             keys,
-            index: Index::new(),
+            index: RwLock::new(Arc::new(Index::new())),
             spool_dir,
         };
         repo.reload_index()?;
@@ -167,7 +169,7 @@ impl Repository {
     }
 
     /// Reads every index file again (after other writers added some).
-    pub fn reload_index(&mut self) -> Result<()> {
+    pub fn reload_index(&self) -> Result<()> {
         let files = self
             .store
             .list(index::INDEX_PREFIX)
@@ -185,7 +187,7 @@ impl Repository {
             }
         }
         idx.finalize();
-        self.index = idx;
+        *self.index.write().unwrap() = Arc::new(idx);
         Ok(())
     }
 
@@ -201,8 +203,23 @@ impl Repository {
         &self.keys
     }
 
-    pub fn index(&self) -> &Index {
-        &self.index
+    /// The index as loaded now; it does not change under the caller.
+    pub fn index(&self) -> Arc<Index> {
+        self.index.read().unwrap().clone()
+    }
+
+    /// Adds packs this process wrote (and indexed on the store) to the in-memory index.
+    pub fn add_to_index(&self, packs: &[PackRecord]) {
+        if packs.is_empty() {
+            return;
+        }
+        let mut guard = self.index.write().unwrap();
+        let mut idx = Index::clone(&guard);
+        for p in packs {
+            idx.add_pack(p);
+        }
+        idx.finalize();
+        *guard = Arc::new(idx);
     }
 
     /// Where packs are built before upload.
@@ -221,7 +238,8 @@ impl Repository {
         raw_len: Option<usize>,
         decoder: &mut BlobDecoder,
     ) -> Result<Vec<u8>> {
-        let loc = self.index.locate(id).ok_or_else(|| {
+        let index = self.index();
+        let loc = index.locate(id).ok_or_else(|| {
             Error::not_found(format!(
                 "blob {} is not in the index (lost data; run a check)",
                 id.short()
