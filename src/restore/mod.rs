@@ -111,12 +111,40 @@ fn include_components(includes: &[PathBuf]) -> Result<Vec<Vec<Vec<u8>>>> {
         .collect()
 }
 
+/// Refuses include paths the snapshot does not have: a mistyped one would otherwise
+/// restore nothing and report success.
+fn check_includes(
+    repo: &Repository,
+    root: &crate::repo::Id,
+    includes: &[Vec<Vec<u8>>],
+    shown: &[PathBuf],
+) -> Result<()> {
+    for (comps, path) in includes.iter().zip(shown) {
+        let missing = || {
+            Error::not_found(format!(
+                "include path {} is not in the snapshot; see its paths with `agentctl ls`",
+                path.display()
+            ))
+        };
+        let mut tree = repo.read_tree(root)?;
+        for (i, name) in comps.iter().enumerate() {
+            let node = tree.get(name).ok_or_else(missing)?;
+            if i + 1 < comps.len() {
+                let sub = node.subtree().ok_or_else(missing)?;
+                tree = repo.read_tree(&sub)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn restore(
     repo: &Repository,
     snapshot: &Snapshot,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
     let includes = include_components(&opts.includes)?;
+    check_includes(repo, &snapshot.tree, &includes, &opts.includes)?;
     let snapshot_paths =
         include_components(&snapshot.paths.iter().map(PathBuf::from).collect::<Vec<_>>())?;
     std::fs::create_dir_all(&opts.target).map_err(|e| {

@@ -114,6 +114,13 @@ impl<'c, 'r> Planner<'c, 'r> {
         self.plan
     }
 
+    /// Whether `comps` is a directory strictly above one of the snapshot's paths.
+    fn is_intermediate(&self, comps: &[Vec<u8>]) -> bool {
+        self.snapshot_paths
+            .iter()
+            .any(|p| p.len() > comps.len() && is_prefix(comps, p))
+    }
+
     fn display(comps: &[Vec<u8>]) -> PathBuf {
         let mut p = PathBuf::from("/");
         for c in comps {
@@ -141,7 +148,9 @@ impl<'c, 'r> Planner<'c, 'r> {
             }
             comps.pop();
         }
-        if full && self.delete {
+        // A directory above a snapshot path holds only that path in the snapshot; what else
+        // the target has beside it was never backed up and is not ours to delete.
+        if full && self.delete && !self.is_intermediate(comps) {
             self.delete_extras(tree, rel, comps, fd);
         }
     }
@@ -161,10 +170,7 @@ impl<'c, 'r> Planner<'c, 'r> {
                     }
                 };
                 self.plan.dirs += 1;
-                let intermediate = self
-                    .snapshot_paths
-                    .iter()
-                    .any(|p| p.len() > comps.len() && is_prefix(comps, p));
+                let intermediate = self.is_intermediate(comps);
                 let child_rel = rel.join(OsStr::from_bytes(name));
                 if created || (sel == Sel::Full && !intermediate) {
                     self.plan.dir_meta.push((child_rel.clone(), node.clone()));
