@@ -185,11 +185,8 @@ pub fn absolute(path: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Takes a snapshot of `opts.paths` into `repo`.
-///
-/// `repo`'s in-memory index is left as it was: to read what this backup wrote through the
-/// same handle (restore the new snapshot, or take another backup with it as the parent),
-/// call [`Repository::reload_index`] first.
+/// Takes a snapshot of `opts.paths` into `repo`. What it stored is added to `repo`'s
+/// in-memory index, so the same handle can restore it at once.
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupReport> {
     let started = std::time::Instant::now();
     let time = chrono::Utc::now();
