@@ -205,6 +205,12 @@ impl Repository {
         &self.index
     }
 
+    /// Swaps in an index built elsewhere: maintenance gives writers a view that hides packs
+    /// pending deletion, so they store those blobs again instead of reusing them.
+    pub fn replace_index(&mut self, index: Index) {
+        self.index = index;
+    }
+
     /// Where packs are built before upload.
     pub fn spool_dir(&self) -> &std::path::Path {
         &self.spool_dir
