@@ -7,6 +7,7 @@
 
 mod access;
 mod commands;
+mod maint;
 mod output;
 
 use crate::error::{Error, Kind};
@@ -58,6 +59,21 @@ pub enum Command {
     Diff(DiffArgs),
     /// Restore a snapshot, or paths of it, into a directory.
     Restore(RestoreArgs),
+    /// Forget snapshots by expiry and keep rules (see docs/MAINTENANCE.md).
+    Forget(maint::ForgetArgs),
+    /// Delete snapshots by ID or name.
+    Delete(maint::DeleteArgs),
+    /// Remove data no snapshot needs; safe while other nodes keep backing up.
+    Prune(maint::PruneArgs),
+    /// Verify the repository's structure, and optionally its data.
+    Check(maint::CheckArgs),
+    /// Rebuild the index from packs and rewrite snapshots that lost data.
+    Repair(maint::RepairArgs),
+    /// Manage key slots (passwords).
+    #[command(subcommand)]
+    Key(maint::KeyCommand),
+    /// Remove a maintenance lock or writer marker left by a process that is gone.
+    Unlock(maint::UnlockArgs),
 }
 
 #[derive(Debug, Subcommand)]

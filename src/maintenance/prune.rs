@@ -238,8 +238,8 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
             pending_packs.remove(&pid);
             report.kept_for_new_snapshots += 1;
         } else {
+            // Stays in `pending_packs`, so phase 1 below does not count it again.
             let size = sizes.get(&pid).copied().unwrap_or(0);
-            pending_packs.remove(&pid);
             if sizes.contains_key(&pid) {
                 to_delete.push((pid, size));
             }
