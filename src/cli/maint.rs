@@ -262,7 +262,7 @@ pub fn delete(g: &Global, a: &DeleteArgs) -> Result<ExitCode> {
         entries.push(repo.resolve_snapshot(spec)?);
     }
     for e in &entries {
-        retention::delete_snapshot(&repo, e)?;
+        retention::delete_snapshot(&repo, &e.id)?;
         if g.json {
             println!("{}", serde_json::json!({"deleted": e.id.to_hex()}));
         } else {

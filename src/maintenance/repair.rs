@@ -2,8 +2,10 @@
 //!
 //! - **Index**: rebuilt from the packs' own headers ([`crate::repo::pack::decode_tail`]),
 //!   replacing every index file. Packs whose header is unreadable cannot be indexed and are
-//!   reported. With `read_data`, every blob is verified and corrupt ones are left out, so
-//!   they count as lost (and the next backup of that content stores it again).
+//!   reported. With `read_data`, every blob is verified; a pack with corrupt blobs has its
+//!   good blobs copied into a new pack and is itself left out of the index (prune removes
+//!   it), so the corrupt blobs count as lost and the next backup of that content stores it
+//!   again.
 //! - **Snapshots**: a snapshot that refers to lost data is rewritten without the lost files
 //!   and directories, as a new snapshot marked `PartiallyFailed`, tagged `damaged`, with each
 //!   lost path in its error list; then the old one is removed. A damaged snapshot is never
@@ -39,6 +41,9 @@ pub struct IndexRepair {
     pub blobs_indexed: usize,
     pub unreadable_packs: Vec<(Id, String)>,
     pub corrupt_blobs: Vec<(Id, Id)>,
+    /// Packs with corrupt blobs: their good blobs were copied, and they are left out of the
+    /// index for prune to remove.
+    pub damaged_packs: Vec<Id>,
     pub index_files_replaced: usize,
 }
 
@@ -70,6 +75,11 @@ pub fn repair_index(repo: &mut Repository, opts: &RepairOptions) -> Result<Index
     sizes.sort();
     let mut records: Vec<PackRecord> = Vec::new();
     let mut decoder = BlobDecoder::new();
+    let mut salvage = if opts.read_data && !opts.dry_run {
+        Some(BlobSink::new(repo)?)
+    } else {
+        None
+    };
     for (id, size) in sizes {
         let rec = match read_pack_header(repo, &id, size) {
             Ok(r) => r,
@@ -80,7 +90,13 @@ pub fn repair_index(repo: &mut Repository, opts: &RepairOptions) -> Result<Index
             Err(e) => return Err(e),
         };
         let rec = if opts.read_data {
-            verified(repo, rec, &mut decoder, &mut out.corrupt_blobs)?
+            match verified(repo, rec, &mut decoder, &mut out.corrupt_blobs, &mut salvage)? {
+                Some(r) => r,
+                None => {
+                    out.damaged_packs.push(id);
+                    continue;
+                }
+            }
         } else {
             rec
         };
@@ -88,6 +104,10 @@ pub fn repair_index(repo: &mut Repository, opts: &RepairOptions) -> Result<Index
         out.blobs_indexed += rec.blobs.len();
         records.push(rec);
     }
+    let copies = salvage.map(|s| s.finish()).transpose()?.unwrap_or_default();
+    out.packs_indexed += copies.len();
+    out.blobs_indexed += copies.iter().map(|p| p.blobs.len()).sum::<usize>();
+    records.extend(copies);
     out.index_files_replaced = old_files.len();
     let mut idx = Index::new();
     for r in &records {
@@ -110,38 +130,52 @@ pub fn repair_index(repo: &mut Repository, opts: &RepairOptions) -> Result<Index
     Ok(out)
 }
 
-/// Keeps only the blobs of `rec` that decrypt, decode and match their IDs.
+/// Verifies every blob of a pack. A pack with corrupt blobs is not indexed: its good blobs
+/// are copied into new packs, and the damaged pack, now in no index, goes with the next
+/// prunes. Returns the record to index, if the pack is intact.
 fn verified(
     repo: &Repository,
-    mut rec: PackRecord,
+    rec: PackRecord,
     decoder: &mut BlobDecoder,
     corrupt: &mut Vec<(Id, Id)>,
-) -> Result<PackRecord> {
+    salvage: &mut Option<BlobSink<'_>>,
+) -> Result<Option<PackRecord>> {
     let bytes = repo
         .store()
         .get(&pack_key(&rec.id))
         .map_err(|e| Error::from(e).context(format!("cannot read pack {}", rec.id.short())))?;
     let cipher = repo.keys().pack_cipher(&rec.salt);
-    let kind = rec.kind;
-    let pack = rec.id;
-    rec.blobs.retain(|b| {
-        let Some(slice) = bytes.get(b.offset as usize..(b.offset + b.stored_len) as usize) else {
-            corrupt.push((b.id, pack));
-            return false;
+    let mut good = Vec::new();
+    let before = corrupt.len();
+    for b in &rec.blobs {
+        let range = b.offset as usize..b.offset as usize + b.stored_len as usize;
+        let Some(slice) = bytes.get(range) else {
+            corrupt.push((b.id, rec.id));
+            continue;
         };
         let mut buf = slice.to_vec();
         let ok = cipher
-            .decrypt(b.offset as u64, &b.id, kind as u8, &mut buf)
+            .decrypt(b.offset as u64, &b.id, rec.kind as u8, &mut buf)
             .and_then(|_| {
-                decoder.decode(buf, (kind == BlobKind::Data).then_some(b.raw_len as usize))
+                let raw = (rec.kind == BlobKind::Data).then_some(b.raw_len as usize);
+                decoder.decode(buf.clone(), raw)
             })
             .is_ok_and(|plain| repo.keys().blob_id(&plain) == b.id);
-        if !ok {
-            corrupt.push((b.id, pack));
+        if ok {
+            good.push((*b, buf));
+        } else {
+            corrupt.push((b.id, rec.id));
         }
-        ok
-    });
-    Ok(rec)
+    }
+    if corrupt.len() == before {
+        return Ok(Some(rec));
+    }
+    if let Some(sink) = salvage.as_mut() {
+        for (b, encoded) in good {
+            sink.add_encoded(rec.kind, b.id, b.raw_len, encoded)?;
+        }
+    }
+    Ok(None)
 }
 
 enum Outcome {
@@ -315,7 +349,7 @@ pub fn repair_snapshots(repo: &Repository, opts: &RepairOptions) -> Result<Snaps
     for (s, root, lost) in plans {
         let Some(root) = root else {
             if !opts.dry_run {
-                super::retention::delete_snapshot(repo, s)?;
+                super::retention::delete_snapshot(repo, &s.id)?;
             }
             out.removed.push((
                 s.id,
@@ -346,7 +380,7 @@ pub fn repair_snapshots(repo: &Repository, opts: &RepairOptions) -> Result<Snaps
                 }
             }
             let id = repo.write_snapshot(&snap)?;
-            super::retention::delete_snapshot(repo, s)?;
+            super::retention::delete_snapshot(repo, &s.id)?;
             Some(id)
         };
         out.rewritten.push(RewrittenSnapshot {

@@ -15,7 +15,7 @@
 
 use crate::error::{Error, Result};
 use crate::repo::snapshot::snapshot_key;
-use crate::repo::{Repository, SnapshotEntry};
+use crate::repo::{Id, Repository, SnapshotEntry};
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -291,10 +291,10 @@ pub fn apply(
 }
 
 /// Removes one snapshot manifest. Its data stays until prunes find it unused.
-pub fn delete_snapshot(repo: &Repository, entry: &SnapshotEntry) -> Result<()> {
+pub fn delete_snapshot(repo: &Repository, id: &Id) -> Result<()> {
     repo.store()
-        .delete(&snapshot_key(&entry.id))
-        .map_err(|e| Error::from(e).context(format!("cannot delete snapshot {}", entry.id.short())))
+        .delete(&snapshot_key(id))
+        .map_err(|e| Error::from(e).context(format!("cannot delete snapshot {}", id.short())))
 }
 
 /// Applies the decisions: deletes every snapshot not kept. Returns how many were removed.
@@ -302,7 +302,7 @@ pub fn forget(repo: &Repository, groups: &[GroupDecision]) -> Result<usize> {
     let mut n = 0;
     for g in groups {
         for d in g.removed() {
-            delete_snapshot(repo, &d.entry)?;
+            delete_snapshot(repo, &d.entry.id)?;
             n += 1;
         }
     }

@@ -324,10 +324,12 @@ impl Repository {
             let id = Id::from_hex(&o.key[snapshot::SNAPSHOTS_PREFIX.len()..]).map_err(|_| {
                 Error::corrupt(format!("unexpected object {} in snapshots/", o.key))
             })?;
-            out.push(SnapshotEntry {
-                id,
-                snapshot: self.read_snapshot(&id)?,
-            });
+            // Forgotten by another node since the listing: not an error.
+            let snapshot = match self.read_snapshot(&id) {
+                Err(e) if e.kind() == Kind::NotFound => continue,
+                other => other?,
+            };
+            out.push(SnapshotEntry { id, snapshot });
         }
         out.sort_by(|a, b| {
             (a.snapshot.time(), &a.snapshot.time).cmp(&(b.snapshot.time(), &b.snapshot.time))
