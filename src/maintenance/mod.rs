@@ -152,7 +152,6 @@ pub struct BlobSink<'r> {
     encoder: BlobEncoder,
     open: HashMap<u8, PackWriter>,
     done: Vec<PackRecord>,
-    pub bytes_written: u64,
 }
 
 impl<'r> BlobSink<'r> {
@@ -162,7 +161,6 @@ impl<'r> BlobSink<'r> {
             encoder: BlobEncoder::new(repo.config().compression.level)?,
             open: HashMap::new(),
             done: Vec::new(),
-            bytes_written: 0,
         })
     }
 
@@ -203,7 +201,6 @@ impl<'r> BlobSink<'r> {
             .store()
             .put_file(&pack_key(&rec.id), &path)
             .map_err(|e| Error::from(e).context("cannot upload a pack"))?;
-        self.bytes_written += rec.size;
         self.done.push(rec);
         Ok(())
     }

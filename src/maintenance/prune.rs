@@ -343,8 +343,8 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
                     Err(e) => return Err(e),
                 }
             }
-            report.repack_bytes_written = sink.bytes_written;
             new_packs = sink.finish()?;
+            report.repack_bytes_written = new_packs.iter().map(|p| p.size).sum();
         }
     }
     for c in &candidates {
@@ -410,6 +410,8 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
         report.announced_pending = Some(id);
         report.announced_ripe = w.writers.is_empty() && report.damaged_packs.is_empty();
     }
+    // This handle's index still lists the deleted packs: load the new one.
+    repo.reload_index()?;
     if let Some(lock) = lock {
         lock.release()?;
     }

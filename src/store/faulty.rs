@@ -1,12 +1,13 @@
-//! A wrapper that injects failures: after a budget of mutating operations (puts and deletes)
-//! every further operation fails, as if the process had died at that point. Tests use it to
+//! A wrapper that injects failures: once a budget of mutating operations (puts and deletes)
+//! is spent, the next mutation and every operation after it fail, as if the process had
+//! died at that point. Tests use it to
 //! kill long operations (prune, repair) at every step and check that the repository stays
 //! valid; it works over any store, so the same tests run on local, memory and S3 stores.
 
 use super::{ObjectInfo, ObjectStore, StoreError, StoreErrorKind, StoreResult};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Debug, Clone)]
 pub struct FaultyStore {
@@ -15,15 +16,17 @@ pub struct FaultyStore {
     budget: Arc<AtomicU64>,
     /// Mutating operations performed so far.
     done: Arc<AtomicU64>,
+    dead: Arc<AtomicBool>,
 }
 
 impl FaultyStore {
-    /// Allows `budget` puts/deletes, then fails everything (reads included).
+    /// Allows `budget` puts/deletes; the one after fails, and so does everything after it.
     pub fn new(inner: Arc<dyn ObjectStore>, budget: u64) -> Self {
         FaultyStore {
             inner,
             budget: Arc::new(AtomicU64::new(budget)),
             done: Arc::default(),
+            dead: Arc::default(),
         }
     }
 
@@ -37,7 +40,7 @@ impl FaultyStore {
     }
 
     pub fn has_failed(&self) -> bool {
-        self.budget.load(Ordering::SeqCst) == 0
+        self.dead.load(Ordering::SeqCst)
     }
 
     fn dead(&self, key: &str) -> StoreError {
@@ -45,7 +48,7 @@ impl FaultyStore {
     }
 
     fn alive(&self, key: &str) -> StoreResult<()> {
-        if self.budget.load(Ordering::SeqCst) == 0 {
+        if self.has_failed() {
             Err(self.dead(key))
         } else {
             Ok(())
@@ -65,7 +68,10 @@ impl FaultyStore {
                 self.done.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             }
-            Err(_) => Err(self.dead(key)),
+            Err(_) => {
+                self.dead.store(true, Ordering::SeqCst);
+                Err(self.dead(key))
+            }
         }
     }
 }

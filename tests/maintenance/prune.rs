@@ -85,7 +85,8 @@ fn repacks_mostly_garbage_packs_and_consolidates_the_index() {
     let before = pack_bytes(store.as_ref());
     let r1 = prune(&mut repo, &PruneOptions { repack_unused: 0.3, ..Default::default() }).unwrap();
     assert!(r1.announced_repacked > 0, "{r1:?}");
-    assert_eq!(r1.repacked_blobs, 4, "the four kept files' blobs were copied: {r1:?}");
+    assert!(r1.repacked_blobs > 0 && r1.repacked_blobs < r1.referenced_blobs, "{r1:?}");
+    assert!(r1.repack_bytes_written >= 100 << 10, "{r1:?}");
     let r2 = run(&mut repo);
     assert!(r2.deleted_packs >= r1.announced_repacked);
     let after = pack_bytes(store.as_ref());
