@@ -4,11 +4,11 @@ use super::output::{self, table};
 use super::{EXIT_PARTIAL, Global, access};
 use crate::error::{Error, Kind, Result};
 use crate::maintenance::check::{self, CheckOptions, DataSubset};
+use crate::maintenance::keys;
 use crate::maintenance::prune::{self, PruneOptions, PruneReport};
 use crate::maintenance::repair::{self, RepairOptions};
 use crate::maintenance::retention::{self, GroupBy, KeepPolicy};
 use crate::maintenance::session::{self, LOCKS_PREFIX, MaintenanceLock, WRITERS_PREFIX};
-use crate::maintenance::keys;
 use crate::repo::{KdfParams, Repository};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -544,7 +544,9 @@ pub fn repair_cmd(g: &Global, a: &RepairArgs) -> Result<ExitCode> {
             println!(
                 "  snapshot {} -> {} (tagged {}):",
                 s.old.short(),
-                s.new.map(|i| i.short()).unwrap_or_else(|| "(dry run)".into()),
+                s.new
+                    .map(|i| i.short())
+                    .unwrap_or_else(|| "(dry run)".into()),
                 repair::DAMAGED_TAG
             );
             for d in &s.lost {
@@ -580,7 +582,7 @@ fn new_password(a: &KeyNewArgs) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     }
     // HOSTAGENT_PASSWORD names the current password, never the new one.
     if a.new_password_file.is_none() {
-        return Ok(access::prompt("new repository password: ")?);
+        return access::prompt("new repository password: ");
     }
     Ok(access::password(&g, false)?.0)
 }

@@ -128,9 +128,9 @@ pub fn check(repo: &mut Repository, opts: &CheckOptions) -> Result<CheckReport> 
     let mut index = Index::new();
     for f in &files {
         for p in &f.packs {
-            if !packs.contains_key(&p.id) {
+            if let std::collections::btree_map::Entry::Vacant(v) = packs.entry(p.id) {
                 index.add_pack(p);
-                packs.insert(p.id, p.clone());
+                v.insert(p.clone());
             }
         }
     }

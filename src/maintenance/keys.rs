@@ -8,8 +8,8 @@
 //! working, never neither.
 
 use crate::error::{Error, Kind, Result};
-use crate::repo::keys::{KEYS_PREFIX, KdfParams, KeySlot};
 use crate::repo::Repository;
+use crate::repo::keys::{KEYS_PREFIX, KdfParams, KeySlot};
 
 #[derive(Debug, Clone)]
 pub struct SlotInfo {
@@ -31,7 +31,10 @@ fn read_slots(repo: &Repository) -> Result<Vec<(String, KeySlot)>> {
         let bytes = store
             .get(&o.key)
             .map_err(|e| Error::from(e).context("cannot read a key slot"))?;
-        out.push((o.key[KEYS_PREFIX.len()..].to_string(), KeySlot::parse(&bytes)?));
+        out.push((
+            o.key[KEYS_PREFIX.len()..].to_string(),
+            KeySlot::parse(&bytes)?,
+        ));
     }
     out.sort_by(|a, b| a.1.created.cmp(&b.1.created).then(a.0.cmp(&b.0)));
     Ok(out)
@@ -154,4 +157,3 @@ pub fn change_password(
 fn short(id: &str) -> &str {
     &id[..id.len().min(8)]
 }
-

@@ -46,7 +46,10 @@ pub struct IndexFile {
 }
 
 /// Every index file; the ones that cannot be read or decoded are returned apart.
-pub fn read_index_files(repo: &Repository) -> Result<(Vec<IndexFile>, Vec<(String, Error)>)> {
+/// Index files that decoded, and the keys of those that did not with the reason.
+pub type IndexFilesRead = (Vec<IndexFile>, Vec<(String, Error)>);
+
+pub fn read_index_files(repo: &Repository) -> Result<IndexFilesRead> {
     let store = repo.store();
     let mut good = Vec::new();
     let mut bad = Vec::new();

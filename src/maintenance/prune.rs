@@ -169,15 +169,12 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
     let mut full = Index::new();
     for f in &files {
         for rec in &f.packs {
-            if !packs.contains_key(&rec.id) {
+            if let std::collections::btree_map::Entry::Vacant(v) = packs.entry(rec.id) {
                 full.add_pack(rec);
-                packs.insert(
-                    rec.id,
-                    PackState {
-                        rec: rec.clone(),
-                        size: sizes.get(&rec.id).copied(),
-                    },
-                );
+                v.insert(PackState {
+                    rec: rec.clone(),
+                    size: sizes.get(&rec.id).copied(),
+                });
             }
         }
     }
@@ -219,12 +216,15 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
         .collect();
     ripe_packs.sort();
     for pid in ripe_packs {
-        let needed = packs.get(&pid).filter(|st| st.size.is_some()).is_some_and(|st| {
-            st.rec
-                .blobs
-                .iter()
-                .any(|b| referenced.contains(&b.id) && !covered.contains(&b.id))
-        });
+        let needed = packs
+            .get(&pid)
+            .filter(|st| st.size.is_some())
+            .is_some_and(|st| {
+                st.rec
+                    .blobs
+                    .iter()
+                    .any(|b| referenced.contains(&b.id) && !covered.contains(&b.id))
+            });
         if needed {
             // A snapshot written since the announcement uses it: back to the live packs.
             let st = &packs[&pid];
@@ -448,9 +448,10 @@ fn copy_live(
         };
         let mut buf = slice.to_vec();
         cipher.decrypt(b.offset as u64, &b.id, rec.kind as u8, &mut buf)?;
-        let plain = decoder.decode(buf.clone(), Some(b.raw_len as usize).filter(|_| {
-            rec.kind == crate::repo::BlobKind::Data
-        }))?;
+        let plain = decoder.decode(
+            buf.clone(),
+            Some(b.raw_len as usize).filter(|_| rec.kind == crate::repo::BlobKind::Data),
+        )?;
         if repo.keys().blob_id(&plain) != b.id {
             return Err(Error::corrupt(format!(
                 "blob {} in pack {} does not match its ID",

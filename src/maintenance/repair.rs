@@ -90,7 +90,13 @@ pub fn repair_index(repo: &mut Repository, opts: &RepairOptions) -> Result<Index
             Err(e) => return Err(e),
         };
         let rec = if opts.read_data {
-            match verified(repo, rec, &mut decoder, &mut out.corrupt_blobs, &mut salvage)? {
+            match verified(
+                repo,
+                rec,
+                &mut decoder,
+                &mut out.corrupt_blobs,
+                &mut salvage,
+            )? {
                 Some(r) => r,
                 None => {
                     out.damaged_packs.push(id);
@@ -117,8 +123,8 @@ pub fn repair_index(repo: &mut Repository, opts: &RepairOptions) -> Result<Index
     if !opts.dry_run {
         let written = super::prune::write_consolidated(repo, &records)?;
         for f in &old_files {
-            let keep = Id::from_hex(&f.key[INDEX_PREFIX.len()..])
-                .is_ok_and(|id| written.contains(&id));
+            let keep =
+                Id::from_hex(&f.key[INDEX_PREFIX.len()..]).is_ok_and(|id| written.contains(&id));
             if !keep {
                 repo.store()
                     .delete(&f.key)
@@ -322,10 +328,14 @@ pub fn repair_snapshots(repo: &Repository, opts: &RepairOptions) -> Result<Snaps
         let (outcome, damage) = rw.tree(&s.snapshot.tree)?;
         match outcome.as_ref() {
             Outcome::Same => {}
-            Outcome::Lost(why) => plans.push((s, None, vec![Damage {
-                path: "/".to_string(),
-                reason: why.clone(),
-            }])),
+            Outcome::Lost(why) => plans.push((
+                s,
+                None,
+                vec![Damage {
+                    path: "/".to_string(),
+                    reason: why.clone(),
+                }],
+            )),
             Outcome::New(root) => plans.push((
                 s,
                 Some(*root),

@@ -114,9 +114,10 @@ impl Holder {
 }
 
 fn put_holder(store: &dyn ObjectStore, repo: &Repository, key: &str, h: &Holder) -> Result<()> {
-    let sealed = repo
-        .keys()
-        .seal(HOLDER_AAD, &serde_json::to_vec(h).expect("holder serializes"));
+    let sealed = repo.keys().seal(
+        HOLDER_AAD,
+        &serde_json::to_vec(h).expect("holder serializes"),
+    );
     store
         .put(key, &sealed)
         .map_err(|e| Error::from(e).context("cannot write a writer marker or lock"))
@@ -184,7 +185,12 @@ impl Registration {
             token,
             released: false,
         };
-        put_holder(repo.store().as_ref(), repo, &reg.key, &Holder::current(purpose))?;
+        put_holder(
+            repo.store().as_ref(),
+            repo,
+            &reg.key,
+            &Holder::current(purpose),
+        )?;
         Ok(reg)
     }
 

@@ -11,7 +11,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Reads every snapshot manifest; the unreadable ones are returned apart with the reason.
-pub fn read_snapshots(repo: &Repository) -> Result<(Vec<SnapshotEntry>, Vec<(Id, Error)>)> {
+/// Snapshots that read, and the IDs of those that did not with the reason.
+pub type SnapshotsRead = (Vec<SnapshotEntry>, Vec<(Id, Error)>);
+
+pub fn read_snapshots(repo: &Repository) -> Result<SnapshotsRead> {
     let mut good = Vec::new();
     let mut bad = Vec::new();
     for id in super::list_snapshot_ids(repo)? {
@@ -52,11 +55,7 @@ pub fn referenced_blobs<'a>(
         })?;
         for node in &tree.nodes {
             match &node.kind {
-                NodeKind::Dir { tree } => {
-                    if seen.insert(*tree) {
-                        stack.push(*tree);
-                    }
-                }
+                NodeKind::Dir { tree } if seen.insert(*tree) => stack.push(*tree),
                 NodeKind::File { extents } => {
                     for e in extents {
                         if let Extent::Data { id, .. } = e {

@@ -32,7 +32,11 @@ fn fixture() -> Fixture {
         ("sub/c".to_string(), bytes(3, 700 << 10)),
     ]
     .into();
-    let f2: Files = [("d".to_string(), bytes(4, 1500 << 10)), ("e".to_string(), bytes(5, 1500 << 10))].into();
+    let f2: Files = [
+        ("d".to_string(), bytes(4, 1500 << 10)),
+        ("e".to_string(), bytes(5, 1500 << 10)),
+    ]
+    .into();
     let mut f3 = f1.clone();
     f3.insert("sub/c".into(), bytes(6, 700 << 10));
     write_files(&one, &f1);
@@ -91,10 +95,21 @@ fn damage_map(r: &CheckReport) -> BTreeMap<Id, BTreeSet<String>> {
 }
 
 /// What the damage should be: every snapshot's files that use a blob of `blobs`.
-fn expected_damage(repo: &Repository, snaps: &[(Id, PathBuf, Files)], blobs: &HashSet<Id>) -> BTreeMap<Id, BTreeSet<String>> {
+fn expected_damage(
+    repo: &Repository,
+    snaps: &[(Id, PathBuf, Files)],
+    blobs: &HashSet<Id>,
+) -> BTreeMap<Id, BTreeSet<String>> {
     snaps
         .iter()
-        .map(|(id, _, _)| (*id, files_using(repo, id, blobs).into_iter().collect::<BTreeSet<_>>()))
+        .map(|(id, _, _)| {
+            (
+                *id,
+                files_using(repo, id, blobs)
+                    .into_iter()
+                    .collect::<BTreeSet<_>>(),
+            )
+        })
         .filter(|(_, s)| !s.is_empty())
         .collect()
 }
@@ -104,30 +119,55 @@ fn expected_damage(repo: &Repository, snaps: &[(Id, PathBuf, Files)], blobs: &Ha
 /// files, tagged and marked.
 fn repair_and_verify(fx: &Fixture, read_data: bool, lost: &BTreeMap<Id, BTreeSet<String>>) {
     let mut repo = open(fx.store.clone());
-    let opts = RepairOptions { dry_run: false, read_data };
+    let opts = RepairOptions {
+        dry_run: false,
+        read_data,
+    };
     repair_index(&mut repo, &opts).unwrap();
     let r = repair_snapshots(&repo, &opts).unwrap();
-    let rewritten: BTreeMap<Id, BTreeSet<String>> =
-        r.rewritten.iter().map(|s| (s.old, s.lost.iter().map(|d| d.path.clone()).collect())).collect();
+    let rewritten: BTreeMap<Id, BTreeSet<String>> = r
+        .rewritten
+        .iter()
+        .map(|s| (s.old, s.lost.iter().map(|d| d.path.clone()).collect()))
+        .collect();
     assert_eq!(&rewritten, lost);
     assert!(r.removed.is_empty());
     let mut repo = open(fx.store.clone());
     let after = check_all(&mut repo, true);
-    assert!(after.is_ok(), "{:?} {:?}", after.errors, after.damaged_snapshots);
+    assert!(
+        after.is_ok(),
+        "{:?} {:?}",
+        after.errors,
+        after.damaged_snapshots
+    );
     for (old, src, files) in &fx.snaps {
         match r.rewritten.iter().find(|s| s.old == *old) {
-            None => assert_eq!(&restored(&repo, old, src), files, "unharmed snapshot {}", old.short()),
+            None => assert_eq!(
+                &restored(&repo, old, src),
+                files,
+                "unharmed snapshot {}",
+                old.short()
+            ),
             Some(s) => {
                 let new = s.new.unwrap();
-                assert!(repo.read_snapshot(old).is_err(), "the damaged original is gone");
+                assert!(
+                    repo.read_snapshot(old).is_err(),
+                    "the damaged original is gone"
+                );
                 let snap = repo.read_snapshot(&new).unwrap();
                 assert_eq!(snap.status, SnapshotStatus::PartiallyFailed);
                 assert!(snap.tags.iter().any(|t| t == DAMAGED_TAG));
-                let lost_paths: BTreeSet<String> = snap.errors.iter().map(|e| e.path.clone()).collect();
+                let lost_paths: BTreeSet<String> =
+                    snap.errors.iter().map(|e| e.path.clone()).collect();
                 assert_eq!(&lost_paths, &lost[old]);
                 let mut want = files.clone();
                 want.retain(|rel, _| !lost[old].contains(&src.join(rel).display().to_string()));
-                assert_eq!(restored(&repo, &new, src), want, "what is left of {}", old.short());
+                assert_eq!(
+                    restored(&repo, &new, src),
+                    want,
+                    "what is left of {}",
+                    old.short()
+                );
             }
         }
     }
@@ -143,15 +183,29 @@ fn missing_pack() {
     let blobs = blobs_in_pack(&repo, &pack);
     let expected = expected_damage(&repo, &fx.snaps, &blobs);
     assert!(expected.contains_key(s2));
-    fx.store.delete(&hostagent::repo::pack::pack_key(&pack)).unwrap();
+    fx.store
+        .delete(&hostagent::repo::pack::pack_key(&pack))
+        .unwrap();
 
     let r = check_all(&mut repo, false);
-    assert_eq!(r.errors, vec![format!("pack {} is missing ({} blobs indexed in it)", pack.short(), blobs.len())]);
+    assert_eq!(
+        r.errors,
+        vec![format!(
+            "pack {} is missing ({} blobs indexed in it)",
+            pack.short(),
+            blobs.len()
+        )]
+    );
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     assert_eq!(damage_map(&r), expected);
     for d in &r.damaged_snapshots {
         for x in &d.damage {
-            assert!(x.reason.contains(&format!("is in missing pack {}", pack.short())), "{}", x.reason);
+            assert!(
+                x.reason
+                    .contains(&format!("is in missing pack {}", pack.short())),
+                "{}",
+                x.reason
+            );
         }
     }
     repair_and_verify(&fx, false, &expected);
@@ -165,7 +219,10 @@ fn missing_index_file() {
     let blob = first_blob(&repo, s2, two, "d");
     let pack = repo.index().locate(&blob).unwrap().pack.id;
     let (files, _) = hostagent::maintenance::read_index_files(&repo).unwrap();
-    let victim = files.iter().find(|f| f.packs.iter().any(|p| p.id == pack)).unwrap();
+    let victim = files
+        .iter()
+        .find(|f| f.packs.iter().any(|p| p.id == pack))
+        .unwrap();
     let orphaned: BTreeSet<String> = victim.packs.iter().map(|p| p.id.short()).collect();
     fx.store.delete(&victim.key).unwrap();
 
@@ -192,14 +249,24 @@ fn corrupt_blob() {
     // b is in both snapshots of directory one.
     let expected = expected_damage(&repo, &fx.snaps, &one_blob);
     assert_eq!(expected.len(), 2);
-    fx.mem.tamper(&hostagent::repo::pack::pack_key(&pack), |b| b[offset as usize + 100] ^= 0x40);
+    fx.mem.tamper(&hostagent::repo::pack::pack_key(&pack), |b| {
+        b[offset as usize + 100] ^= 0x40
+    });
 
     // The structure is intact: only reading the data finds it.
     assert!(check_all(&mut repo, false).is_ok());
     let r = check_all(&mut repo, true);
     assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
-    assert!(r.errors.iter().any(|e| e == &format!("pack {} does not match its name: its bytes changed (damaged)", pack.short())));
-    assert!(r.errors.iter().any(|e| e.starts_with(&format!("blob {} is corrupt in pack {}", blob.short(), pack.short()))));
+    assert!(r.errors.iter().any(|e| e
+        == &format!(
+            "pack {} does not match its name: its bytes changed (damaged)",
+            pack.short()
+        )));
+    assert!(r.errors.iter().any(|e| e.starts_with(&format!(
+        "blob {} is corrupt in pack {}",
+        blob.short(),
+        pack.short()
+    ))));
     assert_eq!(damage_map(&r), expected);
     repair_and_verify(&fx, true, &expected);
 }
@@ -215,7 +282,13 @@ fn truncated_snapshot_manifest() {
     assert!(r.errors.is_empty() && r.damaged_snapshots.is_empty());
     assert_eq!(r.unreadable_snapshots.len(), 1);
     assert_eq!(r.unreadable_snapshots[0].0, s3);
-    assert!(r.unreadable_snapshots[0].1.contains("does not match its name"), "{}", r.unreadable_snapshots[0].1);
+    assert!(
+        r.unreadable_snapshots[0]
+            .1
+            .contains("does not match its name"),
+        "{}",
+        r.unreadable_snapshots[0].1
+    );
 
     let r = repair_snapshots(&repo, &RepairOptions::default()).unwrap();
     assert_eq!(r.removed.len(), 1);
@@ -233,13 +306,20 @@ fn partial_data_checks_rotate_over_every_pack() {
     let mut repo = open(fx.store.clone());
     let state = tempfile::tempdir().unwrap();
     let packs = fx.store.list("packs/").unwrap().len();
-    let opts = CheckOptions { read_data: Some(DataSubset::Fraction(0.25)), state_dir: Some(state.path().to_path_buf()) };
+    let opts = CheckOptions {
+        read_data: Some(DataSubset::Fraction(0.25)),
+        state_dir: Some(state.path().to_path_buf()),
+    };
     let mut read = 0;
     let mut runs = 0;
     loop {
         let r = check(&mut repo, &opts).unwrap();
         assert!(r.is_ok());
-        assert!(r.packs_read >= 1 && r.packs_read < packs, "{} of {packs}", r.packs_read);
+        assert!(
+            r.packs_read >= 1 && r.packs_read < packs,
+            "{} of {packs}",
+            r.packs_read
+        );
         read += r.packs_read;
         runs += 1;
         if r.rotation_wrapped {
@@ -247,6 +327,9 @@ fn partial_data_checks_rotate_over_every_pack() {
         }
         assert!(runs < 10, "never wrapped");
     }
-    assert!(read >= packs, "a full rotation reads every pack: {read} of {packs}");
+    assert!(
+        read >= packs,
+        "a full rotation reads every pack: {read} of {packs}"
+    );
     assert!(runs >= 3, "25% at a time takes several runs: {runs}");
 }

@@ -40,14 +40,22 @@ pub fn writers_and_prunes(store: Arc<dyn ObjectStore>, writers: usize, rounds: u
                     // its own, and content every writer shares.
                     let files: Files = [
                         ("cycle".to_string(), bytes(i % 3, 400 << 10)),
-                        ("own".to_string(), bytes(1000 * (w as u64 + 1) + i, 300 << 10)),
+                        (
+                            "own".to_string(),
+                            bytes(1000 * (w as u64 + 1) + i, 300 << 10),
+                        ),
                         ("common".to_string(), bytes(7, 200 << 10)),
                     ]
                     .into();
                     write_files(&src, &files);
                     let id = snapshot(&mut repo, &src, &format!("w{w}"), &[]);
                     let mut t = taken.lock().unwrap();
-                    t.push(Taken { id, src: src.clone(), files, forgotten: false });
+                    t.push(Taken {
+                        id,
+                        src: src.clone(),
+                        files,
+                        forgotten: false,
+                    });
                     mine.push(t.len() - 1);
                     // Forget the snapshot from two rounds ago: its data turns to garbage
                     // while newer snapshots may still share some of it.
@@ -64,7 +72,14 @@ pub fn writers_and_prunes(store: Arc<dyn ObjectStore>, writers: usize, rounds: u
             s.spawn(move || {
                 let mut repo = open(store);
                 while !done.load(Ordering::SeqCst) {
-                    let r = prune(&mut repo, &PruneOptions { repack_unused: 0.3, ..Default::default() }).unwrap();
+                    let r = prune(
+                        &mut repo,
+                        &PruneOptions {
+                            repack_unused: 0.3,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
                     reports.lock().unwrap().push(r);
                 }
             })
@@ -78,7 +93,11 @@ pub fn writers_and_prunes(store: Arc<dyn ObjectStore>, writers: usize, rounds: u
 
     let reports = prune_reports.into_inner().unwrap();
     let deleted: usize = reports.iter().map(|r| r.deleted_packs).sum();
-    assert!(reports.len() >= 2 && deleted > 0, "prunes ran and deleted beside the writers: {} runs, {deleted} packs", reports.len());
+    assert!(
+        reports.len() >= 2 && deleted > 0,
+        "prunes ran and deleted beside the writers: {} runs, {deleted} packs",
+        reports.len()
+    );
 
     let mut repo = open(store.clone());
     let verify = |repo: &mut hostagent::repo::Repository, when: &str| {
@@ -86,10 +105,27 @@ pub fn writers_and_prunes(store: Arc<dyn ObjectStore>, writers: usize, rounds: u
         let live: Vec<&Taken> = taken.iter().filter(|t| !t.forgotten).collect();
         assert_eq!(snapshot_ids(repo).len(), live.len(), "{when}");
         for t in live {
-            assert_eq!(restored(repo, &t.id, &t.src), t.files, "{when}: snapshot {}", t.id.short());
+            assert_eq!(
+                restored(repo, &t.id, &t.src),
+                t.files,
+                "{when}: snapshot {}",
+                t.id.short()
+            );
         }
-        let r = check(repo, &CheckOptions { read_data: Some(DataSubset::Fraction(1.0)), state_dir: None }).unwrap();
-        assert!(r.is_ok(), "{when}: {:?} {:?}", r.errors, r.damaged_snapshots);
+        let r = check(
+            repo,
+            &CheckOptions {
+                read_data: Some(DataSubset::Fraction(1.0)),
+                state_dir: None,
+            },
+        )
+        .unwrap();
+        assert!(
+            r.is_ok(),
+            "{when}: {:?} {:?}",
+            r.errors,
+            r.damaged_snapshots
+        );
     };
     verify(&mut repo, "after concurrent prunes");
     // Quiet now: two more prunes complete everything announced, and nothing breaks.

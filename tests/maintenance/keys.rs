@@ -26,7 +26,10 @@ fn add_passwd_remove_and_refusals() {
     let second = keys::add(&repo, b"second", "ops", fast).unwrap();
     let list = keys::list(&repo, PASSWORD).unwrap();
     assert_eq!(list.iter().filter(|s| s.current).count(), 1);
-    assert!(list.iter().any(|s| s.id == second && !s.current && s.label == "ops"));
+    assert!(
+        list.iter()
+            .any(|s| s.id == second && !s.current && s.label == "ops")
+    );
 
     // Removing the slot one opened with needs --force.
     let e = keys::remove(&repo, PASSWORD, &only[0].id[..8], false).unwrap_err();
@@ -37,15 +40,30 @@ fn add_passwd_remove_and_refusals() {
     let (third, removed) = keys::change_password(&repo, b"second", b"third", fast).unwrap();
     assert_eq!(removed, vec![second.clone()]);
     assert_eq!(store.list("packs/").unwrap(), packs_before);
-    assert_eq!(Repository::open(store.clone(), b"second").unwrap_err().kind(), Kind::WrongPassword);
+    assert_eq!(
+        Repository::open(store.clone(), b"second")
+            .unwrap_err()
+            .kind(),
+        Kind::WrongPassword
+    );
     let via_third = Repository::open(store.clone(), b"third").unwrap();
     assert_eq!(restored(&via_third, &id, src.path()), files);
 
     // With another password in place, the original slot may go when forced.
     keys::remove(&repo, PASSWORD, &only[0].id[..8], true).unwrap();
-    assert_eq!(Repository::open(store.clone(), PASSWORD).unwrap_err().kind(), Kind::WrongPassword);
+    assert_eq!(
+        Repository::open(store.clone(), PASSWORD)
+            .unwrap_err()
+            .kind(),
+        Kind::WrongPassword
+    );
     let left = keys::list(&via_third, b"third").unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].id, third);
-    assert_eq!(keys::remove(&via_third, b"third", "zz", false).unwrap_err().kind(), Kind::NotFound);
+    assert_eq!(
+        keys::remove(&via_third, b"third", "zz", false)
+            .unwrap_err()
+            .kind(),
+        Kind::NotFound
+    );
 }

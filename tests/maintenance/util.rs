@@ -135,18 +135,23 @@ pub fn blobs_in_pack(repo: &Repository, pack: &Id) -> HashSet<Id> {
 /// Absolute snapshot paths of the files that use any of `blobs`, walking the trees here
 /// (independently of the code under test).
 pub fn files_using(repo: &Repository, snap: &Id, blobs: &HashSet<Id>) -> Vec<String> {
-    fn walk(repo: &Repository, tree: &Id, prefix: &str, blobs: &HashSet<Id>, out: &mut Vec<String>) {
+    fn walk(
+        repo: &Repository,
+        tree: &Id,
+        prefix: &str,
+        blobs: &HashSet<Id>,
+        out: &mut Vec<String>,
+    ) {
         for n in repo.read_tree(tree).unwrap().nodes {
             let path = format!("{prefix}/{}", n.name_lossy());
             match &n.kind {
                 NodeKind::Dir { tree } => walk(repo, tree, &path, blobs, out),
-                NodeKind::File { extents } => {
+                NodeKind::File { extents }
                     if extents
                         .iter()
-                        .any(|e| matches!(e, Extent::Data { id, .. } if blobs.contains(id)))
-                    {
-                        out.push(path);
-                    }
+                        .any(|e| matches!(e, Extent::Data { id, .. } if blobs.contains(id))) =>
+                {
+                    out.push(path)
                 }
                 _ => {}
             }
