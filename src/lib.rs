@@ -8,6 +8,7 @@ pub mod backup;
 pub mod cli;
 pub mod error;
 pub mod fsmeta;
+pub mod maintenance;
 pub mod node_restore;
 pub mod progress;
 pub mod repo;

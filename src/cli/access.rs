@@ -78,3 +78,18 @@ pub fn password(global: &Global, confirm: bool) -> Result<(Zeroizing<Vec<u8>>, S
         "no repository password: pass --password-file FILE or set HOSTAGENT_PASSWORD_FILE",
     ))
 }
+
+/// Asks for a new password on the terminal, twice.
+pub fn prompt(label: &str) -> Result<Zeroizing<Vec<u8>>> {
+    let p = Zeroizing::new(
+        rpassword::prompt_password(label).map_err(|e| Error::io("cannot read the password", e))?,
+    );
+    let again = Zeroizing::new(
+        rpassword::prompt_password("repeat the password: ")
+            .map_err(|e| Error::io("cannot read the password", e))?,
+    );
+    if *again != *p {
+        return Err(Error::invalid("the passwords do not match"));
+    }
+    Ok(Zeroizing::new(p.as_bytes().to_vec()))
+}

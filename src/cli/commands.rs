@@ -1,8 +1,8 @@
 //! The standalone commands: each opens the repository, calls the engine, prints the result.
 
 use super::output::{self, Bar};
-use super::{Cli, Command, EXIT_PARTIAL, RepoCommand, access};
-use crate::backup::{self, BackupOptions, Excludes, ParentChoice};
+use super::{Cli, Command, EXIT_PARTIAL, RepoCommand, access, maint};
+use crate::backup::{BackupOptions, Excludes, ParentChoice};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::tree::{Node, NodeKind, Tree};
@@ -36,7 +36,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Snapshot(a) => {
-            let repo = open(g)?;
+            let mut repo = open(g)?;
             let mut opts = BackupOptions::new(a.paths.clone());
             opts.tags = a.tags.clone();
             opts.excludes = Excludes::new(&a.excludes, a.exclude_caches)?;
@@ -48,7 +48,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
                 opts.parent = ParentChoice::None;
             }
             let bar = Bar::start(opts.progress.clone(), "snapshot", !g.quiet && !g.json);
-            let report = backup::backup(&repo, &opts);
+            let report = crate::maintenance::backup(&mut repo, &opts);
             drop(bar);
             let report = report?;
             let s = &report.snapshot;
@@ -263,6 +263,13 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Forget(a) => maint::forget(g, a),
+        Command::Delete(a) => maint::delete(g, a),
+        Command::Prune(a) => maint::prune_cmd(g, a),
+        Command::Check(a) => maint::check_cmd(g, a),
+        Command::Repair(a) => maint::repair_cmd(g, a),
+        Command::Key(c) => maint::key(g, c),
+        Command::Unlock(a) => maint::unlock(g, a),
     }
 }
 

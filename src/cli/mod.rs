@@ -8,6 +8,7 @@
 mod access;
 mod commands;
 mod node;
+mod maint;
 mod output;
 
 use crate::error::{Error, Kind};
@@ -62,6 +63,21 @@ pub enum Command {
     /// Bring a node's tree back: stop units, restore with an atomic swap, run post-restore
     /// steps, start the units again.
     NodeRestore(NodeRestoreArgs),
+    /// Forget snapshots by expiry and keep rules (see docs/MAINTENANCE.md).
+    Forget(maint::ForgetArgs),
+    /// Delete snapshots by ID or name.
+    Delete(maint::DeleteArgs),
+    /// Remove data no snapshot needs; safe while other nodes keep backing up.
+    Prune(maint::PruneArgs),
+    /// Verify the repository's structure, and optionally its data.
+    Check(maint::CheckArgs),
+    /// Rebuild the index from packs and rewrite snapshots that lost data.
+    Repair(maint::RepairArgs),
+    /// Manage key slots (passwords).
+    #[command(subcommand)]
+    Key(maint::KeyCommand),
+    /// Remove a maintenance lock or writer marker left by a process that is gone.
+    Unlock(maint::UnlockArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -222,6 +222,12 @@ impl Repository {
         *guard = Arc::new(idx);
     }
 
+    /// Swaps in an index built elsewhere: maintenance gives writers a view that hides packs
+    /// pending deletion, so they store those blobs again instead of reusing them.
+    pub fn replace_index(&self, index: Index) {
+        *self.index.write().unwrap() = Arc::new(index);
+    }
+
     /// Where packs are built before upload.
     pub fn spool_dir(&self) -> &std::path::Path {
         &self.spool_dir
@@ -336,10 +342,12 @@ impl Repository {
             let id = Id::from_hex(&o.key[snapshot::SNAPSHOTS_PREFIX.len()..]).map_err(|_| {
                 Error::corrupt(format!("unexpected object {} in snapshots/", o.key))
             })?;
-            out.push(SnapshotEntry {
-                id,
-                snapshot: self.read_snapshot(&id)?,
-            });
+            // Forgotten by another node since the listing: not an error.
+            let snapshot = match self.read_snapshot(&id) {
+                Err(e) if e.kind() == Kind::NotFound => continue,
+                other => other?,
+            };
+            out.push(SnapshotEntry { id, snapshot });
         }
         out.sort_by(|a, b| {
             (a.snapshot.time(), &a.snapshot.time).cmp(&(b.snapshot.time(), &b.snapshot.time))

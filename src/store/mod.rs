@@ -10,12 +10,14 @@
 //! wrappers implementing the same trait, never inside a store.
 
 mod counting;
+mod faulty;
 mod local;
 mod memory;
 
 pub mod conformance;
 
 pub use counting::{CountingStore, StoreCounters};
+pub use faulty::FaultyStore;
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 
