@@ -4,6 +4,7 @@
 //! `agentctl` (the command line) are thin layers over it. See docs/ARCHITECTURE.md for the
 //! code map and docs/FORMAT.md for the repository format.
 
+pub mod api;
 pub mod backup;
 pub mod cli;
 pub mod error;
