@@ -7,6 +7,7 @@
 pub mod api;
 pub mod backup;
 pub mod cli;
+pub mod daemon;
 pub mod error;
 pub mod fsmeta;
 pub mod progress;
