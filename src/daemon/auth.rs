@@ -36,8 +36,7 @@ impl Policy {
     pub fn check(&self, peer: Option<&Peer>) -> Result<(), ApiError> {
         let Some(peer) = peer else {
             return Err(ApiError::PermissionDenied(
-                "the caller's credentials are unknown; connect over the agent's Unix socket"
-                    .into(),
+                "the caller's credentials are unknown; connect over the agent's Unix socket".into(),
             ));
         };
         if peer.uid == 0 {

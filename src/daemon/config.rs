@@ -233,7 +233,9 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -263,17 +265,15 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
         let config: Config = toml::from_str(text)
             .map_err(|e| Error::invalid(format!("{}: {}", path.display(), e.to_string().trim())))?;
-        config
-            .validate()
-            .map_err(|(key, problem)| Error::invalid(format!("{}: {key}: {problem}", path.display())))?;
+        config.validate().map_err(|(key, problem)| {
+            Error::invalid(format!("{}: {key}: {problem}", path.display()))
+        })?;
         Ok(config)
     }
 
     /// The node's name: configured, or the host name.
     pub fn node(&self) -> String {
-        self.node
-            .clone()
-            .unwrap_or_else(crate::backup::hostname)
+        self.node.clone().unwrap_or_else(crate::backup::hostname)
     }
 
     fn validate(&self) -> std::result::Result<(), (String, String)> {
@@ -384,10 +384,7 @@ impl Config {
             }
         }
         if d.operations_kept == 0 {
-            return err(
-                "daemon.operations_kept",
-                "must be at least 1".into(),
-            );
+            return err("daemon.operations_kept", "must be at least 1".into());
         }
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.schedules.iter().enumerate() {
@@ -400,7 +397,10 @@ impl Config {
             {
                 return err(
                     &format!("{key}.name"),
-                    format!("{:?} is not a schedule name: use letters, digits, '-' and '_'", s.name),
+                    format!(
+                        "{:?} is not a schedule name: use letters, digits, '-' and '_'",
+                        s.name
+                    ),
                 );
             }
             if !names.insert(&s.name) {
@@ -494,7 +494,9 @@ paths = ["/var/onprem"]
 
     #[test]
     fn unknown_key_names_key_and_file() {
-        let e = parse("[daemon]\nsokcet = \"/x\"\n").unwrap_err().to_string();
+        let e = parse("[daemon]\nsokcet = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/etc/a.toml"), "{e}");
         assert!(e.contains("sokcet"), "{e}");
     }
@@ -502,9 +504,15 @@ paths = ["/var/onprem"]
     #[test]
     fn bad_values_name_their_key() {
         for (extra, key) in [
-            ("[[schedules]]\nname = \"n\"\ncron = \"0 25 * * *\"\n", "schedules[0].cron"),
+            (
+                "[[schedules]]\nname = \"n\"\ncron = \"0 25 * * *\"\n",
+                "schedules[0].cron",
+            ),
             ("[metrics]\nlisten = \"0.0.0.0:9000\"\n", "metrics.listen"),
-            ("[[hooks.pre_snapshot]]\nargv = [\"freeze\"]\n", "hooks.pre_snapshot[0].argv"),
+            (
+                "[[hooks.pre_snapshot]]\nargv = [\"freeze\"]\n",
+                "hooks.pre_snapshot[0].argv",
+            ),
             ("[daemon]\nstate_dir = \"rel\"\n", "daemon.state_dir"),
             ("[daemon]\ngroup = \"no-such-group-here\"\n", "daemon.group"),
         ] {
@@ -512,7 +520,12 @@ paths = ["/var/onprem"]
             assert!(e.contains(key), "{extra}: {e}");
             assert!(e.starts_with("/etc/a.toml"), "{e}");
         }
-        let e = parse("[timeouts]\nsnapshot = \"soon\"\n").unwrap_err().to_string();
-        assert!(e.contains("snapshot") && e.contains("not a duration"), "{e}");
+        let e = parse("[timeouts]\nsnapshot = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("snapshot") && e.contains("not a duration"),
+            "{e}"
+        );
     }
 }

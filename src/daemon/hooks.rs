@@ -81,8 +81,14 @@ pub fn run(
     };
     let tail = Arc::new(Mutex::new(Vec::<u8>::new()));
     let readers = [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -145,9 +151,10 @@ pub fn run(
     record.output = String::from_utf8_lossy(&out[start..]).into_owned();
     drop(out);
     if record.timed_out {
-        record
-            .output
-            .push_str(&format!("[killed after the timeout of {:?}]\n", hook.timeout.0));
+        record.output.push_str(&format!(
+            "[killed after the timeout of {:?}]\n",
+            hook.timeout.0
+        ));
     }
     let ok = match status {
         Some(s) => {
@@ -195,7 +202,11 @@ mod tests {
     #[test]
     fn output_exit_code_and_environment_are_recorded() {
         let h = hook(
-            &["/bin/sh", "-c", "echo out $HOSTAGENT_OPERATION_ID; echo err >&2; exit 3"],
+            &[
+                "/bin/sh",
+                "-c",
+                "echo out $HOSTAGENT_OPERATION_ID; echo err >&2; exit 3",
+            ],
             10_000,
             OnError::Continue,
         );
@@ -203,13 +214,21 @@ mod tests {
         assert!(!run.ok);
         assert_eq!(run.record.exit_code, 3);
         assert!(run.record.continued);
-        assert!(run.record.output.contains("out snapshot-1"), "{}", run.record.output);
+        assert!(
+            run.record.output.contains("out snapshot-1"),
+            "{}",
+            run.record.output
+        );
         assert!(run.record.output.contains("err"), "{}", run.record.output);
     }
 
     #[test]
     fn timeout_kills_the_whole_group() {
-        let h = hook(&["/bin/sh", "-c", "sleep 30 & sleep 30"], 300, OnError::Fail);
+        let h = hook(
+            &["/bin/sh", "-c", "sleep 30 & sleep 30"],
+            300,
+            OnError::Fail,
+        );
         let t = Instant::now();
         let run = run("pre-snapshot", &h, "snapshot-1", &[], &Progress::new());
         assert!(t.elapsed() < Duration::from_secs(10));
@@ -221,6 +240,10 @@ mod tests {
         let h = hook(&["/nonexistent/hook"], 1000, OnError::Fail);
         let run = run("post-snapshot", &h, "snapshot-1", &[], &Progress::new());
         assert!(!run.ok);
-        assert!(run.record.output.contains("cannot start"), "{}", run.record.output);
+        assert!(
+            run.record.output.contains("cannot start"),
+            "{}",
+            run.record.output
+        );
     }
 }

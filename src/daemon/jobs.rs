@@ -108,9 +108,7 @@ fn cancelled_outcome(cause: Option<FailureReason>, timeout: std::time::Duration)
 
 fn run(agent: &Agent, rec: &OpRecord, progress: &Arc<Progress>) -> Result<Outcome> {
     match &rec.request {
-        Request::Snapshot { tags, ttl, full } => {
-            snapshot(agent, rec, progress, tags, *ttl, *full)
-        }
+        Request::Snapshot { tags, ttl, full } => snapshot(agent, rec, progress, tags, *ttl, *full),
         Request::Restore {
             snapshot,
             target,
@@ -303,9 +301,7 @@ fn take_snapshot(
     agent.ops.set_step(id, "backing up");
     let report = backup::backup(&repo, &opts)?;
     let sid = report.id.to_hex();
-    agent
-        .ops
-        .update(id, |r| r.snapshot_id = Some(sid.clone()));
+    agent.ops.update(id, |r| r.snapshot_id = Some(sid.clone()));
     Ok((sid, report))
 }
 

@@ -41,7 +41,9 @@ pub struct Metrics {
 impl Metrics {
     pub fn operation_finished(&self, kind: OpKind, phase: Phase, seconds: f64, bytes: u64) {
         let mut s = self.state.lock().unwrap();
-        *s.finished.entry((kind.as_str(), phase.as_str())).or_default() += 1;
+        *s.finished
+            .entry((kind.as_str(), phase.as_str()))
+            .or_default() += 1;
         let h = s.durations.entry(kind.as_str()).or_default();
         for (i, b) in BUCKETS.iter().enumerate() {
             if seconds <= *b {
@@ -106,7 +108,10 @@ impl Metrics {
              # TYPE hostagent_operation_bytes_total counter\n",
         );
         for (kind, n) in &s.bytes {
-            let _ = writeln!(out, "hostagent_operation_bytes_total{{kind=\"{kind}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "hostagent_operation_bytes_total{{kind=\"{kind}\"}} {n}"
+            );
         }
         out.push_str(
             "# HELP hostagent_last_success_timestamp_seconds When an operation of the kind last completed.\n\

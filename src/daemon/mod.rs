@@ -102,7 +102,10 @@ impl Agent {
 fn read_password(path: &Path) -> Result<Zeroizing<Vec<u8>>> {
     let raw = Zeroizing::new(std::fs::read(path).map_err(|e| {
         Error::io(
-            format!("cannot read the repository password file {}", path.display()),
+            format!(
+                "cannot read the repository password file {}",
+                path.display()
+            ),
             e,
         )
     })?);

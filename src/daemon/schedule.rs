@@ -32,10 +32,8 @@ pub async fn run(agent: Arc<Agent>) {
         return;
     }
     let now = Utc::now();
-    let mut next: Vec<Option<DateTime<Utc>>> = schedules
-        .iter()
-        .map(|s| next_after(&s.cron, now))
-        .collect();
+    let mut next: Vec<Option<DateTime<Utc>>> =
+        schedules.iter().map(|s| next_after(&s.cron, now)).collect();
     for (s, n) in schedules.iter().zip(&next) {
         tracing::info!(schedule = %s.name, cron = %s.cron, next = ?n, "schedule loaded");
     }

@@ -86,10 +86,10 @@ impl Service {
         request: Request,
         request_id: Option<String>,
     ) -> Result<api::Operation, ApiError> {
-        let (rec, progress) =
-            self.agent
-                .ops
-                .begin(request, request_id, Trigger::Manual, None)?;
+        let (rec, progress) = self
+            .agent
+            .ops
+            .begin(request, request_id, Trigger::Manual, None)?;
         if let Some(progress) = progress {
             super::jobs::spawn(self.agent.clone(), rec.clone(), progress);
         }
@@ -99,7 +99,10 @@ impl Service {
 
 #[tonic::async_trait]
 impl AgentApi for Service {
-    async fn start_snapshot(&self, req: Req<api::StartSnapshotRequest>) -> ApiResult<api::Operation> {
+    async fn start_snapshot(
+        &self,
+        req: Req<api::StartSnapshotRequest>,
+    ) -> ApiResult<api::Operation> {
         let r = req.into_inner();
         let request_id = check_request_id(&r.request_id)?;
         for t in &r.tags {
@@ -194,8 +197,7 @@ impl AgentApi for Service {
                     return;
                 }
                 // Phase and step changes wake us; counters are polled.
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(200), changed.changed()).await;
+                let _ = tokio::time::timeout(Duration::from_millis(200), changed.changed()).await;
                 rec = match ops.get(&id) {
                     Ok(r) => r,
                     Err(e) => {
@@ -320,7 +322,10 @@ impl AgentApi for Service {
             Ok(Ok(Ok(()))) => (true, String::new()),
             Ok(Ok(Err(e))) => (false, e.to_string()),
             Ok(Err(e)) => (false, e.to_string()),
-            Err(_) => (false, "the repository did not answer within 10s".to_string()),
+            Err(_) => (
+                false,
+                "the repository did not answer within 10s".to_string(),
+            ),
         };
         let a = &self.agent;
         let now = chrono::Utc::now();

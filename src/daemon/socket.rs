@@ -50,7 +50,10 @@ pub fn listen(path: &Path, group: Option<u32>, activated: Option<i32>) -> Result
                 ));
             }
             std::fs::remove_file(path).map_err(|e| {
-                Error::io(format!("cannot remove the stale socket {}", path.display()), e)
+                Error::io(
+                    format!("cannot remove the stale socket {}", path.display()),
+                    e,
+                )
             })?;
         }
         Ok(_) => {

@@ -18,10 +18,16 @@ pub enum ApiError {
     /// The engine failed; its [`Kind`] decides the code.
     Engine(Error),
     /// A mutating operation is already running.
-    Busy { running: String, kind: OpKind },
+    Busy {
+        running: String,
+        kind: OpKind,
+    },
     UnknownOperation(String),
     /// A request field is unusable: which one and why.
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
     PermissionDenied(String),
     /// The operation kind is not part of this build.
     NotAvailable(&'static str),
@@ -134,7 +140,10 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (invalid("target", "must be absolute"), Code::InvalidArgument),
-            (ApiError::PermissionDenied("no".into()), Code::PermissionDenied),
+            (
+                ApiError::PermissionDenied("no".into()),
+                Code::PermissionDenied,
+            ),
             (ApiError::UnknownOperation("x".into()), Code::NotFound),
         ];
         for (err, code) in cases {

@@ -30,6 +30,7 @@ pub fn init_logging() {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_target(false),
         )
         .init();
@@ -116,7 +117,10 @@ pub fn watchdog_period() -> Option<Duration> {
 
 /// Starts the thread that pings the watchdog while the runtime's heartbeat is fresh.
 pub fn start_watchdog(period: Duration, heartbeat: Heartbeat) {
-    tracing::info!(watchdog_s = period.as_secs_f64(), "systemd watchdog enabled");
+    tracing::info!(
+        watchdog_s = period.as_secs_f64(),
+        "systemd watchdog enabled"
+    );
     std::thread::Builder::new()
         .name("watchdog".into())
         .spawn(move || {
