@@ -207,7 +207,7 @@ async fn dispatch(cli: &Cli) -> Result<ExitCode, ClientError> {
             let rows: Vec<Vec<String>> = list
                 .iter()
                 .map(|s| {
-                    let st = s.stats.clone().unwrap_or_default();
+                    let st = s.stats.unwrap_or_default();
                     vec![
                         short(&s.id),
                         s.time
@@ -457,7 +457,7 @@ fn op_json(o: &api::Operation) -> Value {
 }
 
 fn snapshot_json(s: &api::Snapshot) -> Value {
-    let st = s.stats.clone().unwrap_or_default();
+    let st = s.stats.unwrap_or_default();
     json!({
         "id": s.id, "name": s.name, "time": s.time, "hostname": s.hostname, "paths": s.paths,
         "tags": s.tags, "status": s.status, "expires": s.expires, "parent": s.parent,

@@ -214,7 +214,7 @@ async fn run(config: Config, activated: Option<i32>, watchdog: Option<Duration>)
         tokio::spawn(metrics::serve(l, metrics.clone()));
     }
     tokio::spawn(schedule::run(agent.clone()));
-    let heartbeat = systemd::Heartbeat::new();
+    let heartbeat = systemd::Heartbeat::default();
     tokio::spawn(heartbeat.clone().run());
     if let Some(period) = watchdog {
         systemd::start_watchdog(period, heartbeat);

@@ -10,8 +10,8 @@
 
 use super::metrics::Metrics;
 use super::record::{
-    FailureReason, HookRecord, Loaded, OpKind, OpRecord, Phase, ProgressRecord, RecordStore,
-    Request, Trigger, new_id, now_rfc3339,
+    FailureReason, HookRecord, Loaded, MovedAside, OpKind, OpRecord, Phase, ProgressRecord,
+    RecordStore, Request, Trigger, new_id, now_rfc3339,
 };
 use super::status_map::ApiError;
 use crate::progress::Progress;
@@ -59,7 +59,7 @@ impl Operations {
         store: RecordStore,
         kept: usize,
         metrics: Arc<Metrics>,
-    ) -> crate::Result<(Arc<Operations>, Vec<(std::path::PathBuf, String)>)> {
+    ) -> crate::Result<(Arc<Operations>, MovedAside)> {
         let Loaded {
             records,
             moved_aside,

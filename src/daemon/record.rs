@@ -200,10 +200,13 @@ pub struct RecordStore {
     dir: PathBuf,
 }
 
-/// What loading found: the records, and the files moved aside with the reason.
+/// Files moved aside at load: where each went and why.
+pub type MovedAside = Vec<(PathBuf, String)>;
+
+/// What loading found: the records, and the files moved aside.
 pub struct Loaded {
     pub records: Vec<OpRecord>,
-    pub moved_aside: Vec<(PathBuf, String)>,
+    pub moved_aside: MovedAside,
 }
 
 impl RecordStore {

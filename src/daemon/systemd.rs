@@ -84,14 +84,16 @@ pub struct Heartbeat {
     last: Arc<AtomicU64>,
 }
 
-impl Heartbeat {
-    pub fn new() -> Heartbeat {
+impl Default for Heartbeat {
+    fn default() -> Heartbeat {
         Heartbeat {
             start: Instant::now(),
             last: Arc::new(AtomicU64::new(0)),
         }
     }
+}
 
+impl Heartbeat {
     /// Beats every second from a task on the async runtime.
     pub async fn run(self) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
