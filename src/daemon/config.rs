@@ -493,6 +493,18 @@ paths = ["/var/onprem"]
     }
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let text = include_str!("../../config/agentd.example.toml")
+            // The example's group need not exist on the machine running the tests.
+            .replace("group = \"hostagent\"", "");
+        let c = Config::parse(&text, Path::new("agentd.example.toml")).unwrap();
+        assert_eq!(c.schedules.len(), 2);
+        assert_eq!(c.schedules[0].ttl, Some(Dur(Duration::from_secs(720 * 3600))));
+        assert_eq!(c.hooks.post_snapshot[0].on_error, OnError::Continue);
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9465".parse().unwrap()));
+    }
+
+    #[test]
     fn unknown_key_names_key_and_file() {
         let e = parse("[daemon]\nsokcet = \"/x\"\n")
             .unwrap_err()
