@@ -803,3 +803,52 @@ async fn a_schedule_takes_a_named_snapshot_with_its_ttl() {
     );
     assert!(snap.tags.contains(&"schedule=every-minute".to_string()));
 }
+
+#[test]
+fn systemd_readiness_watchdog_and_stopping_notifications() {
+    let node = Node::new("");
+    let notify_path = node.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    // As systemd does: WATCHDOG_PID names the service's own process.
+    let child = std::process::Command::new("/bin/sh")
+        .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""])
+        .arg(AGENTD)
+        .arg("--config")
+        .arg(&node.config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stderr(std::fs::File::create(&node.log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon { child: Some(child) };
+    let mut recv = || {
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).expect("a notification arrives");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = recv();
+    assert!(first.contains("READY=1"), "{first}");
+    // READY comes only once the socket answers.
+    assert!(std::os::unix::net::UnixStream::connect(&node.socket).is_ok());
+    let t = Instant::now();
+    let mut pings = 0;
+    while pings < 3 {
+        if recv().contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    // Three pings within a few periods of 1s: the watchdog thread keeps its pace.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    unsafe { libc::kill(d.pid(), libc::SIGTERM) };
+    let mut stopping = false;
+    for _ in 0..20 {
+        if recv().contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping);
+    assert!(d.terminate().success());
+}

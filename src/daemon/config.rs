@@ -499,7 +499,10 @@ paths = ["/var/onprem"]
             .replace("group = \"hostagent\"", "");
         let c = Config::parse(&text, Path::new("agentd.example.toml")).unwrap();
         assert_eq!(c.schedules.len(), 2);
-        assert_eq!(c.schedules[0].ttl, Some(Dur(Duration::from_secs(720 * 3600))));
+        assert_eq!(
+            c.schedules[0].ttl,
+            Some(Dur(Duration::from_secs(720 * 3600)))
+        );
         assert_eq!(c.hooks.post_snapshot[0].on_error, OnError::Continue);
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9465".parse().unwrap()));
     }

@@ -21,7 +21,12 @@ pub fn init_logging() {
     {
         tracing_subscriber::registry()
             .with(filter)
-            .with(journald.with_syslog_identifier("agentd".into()))
+            .with(
+                journald
+                    .with_syslog_identifier("agentd".into())
+                    // Plain names, so `journalctl OPERATION_ID=...` finds an operation.
+                    .with_field_prefix(None),
+            )
             .init();
         return;
     }
