@@ -823,7 +823,7 @@ fn systemd_readiness_watchdog_and_stopping_notifications() {
         .spawn()
         .unwrap();
     let mut d = Daemon { child: Some(child) };
-    let mut recv = || {
+    let recv = || {
         let mut buf = [0u8; 4096];
         let n = sock.recv(&mut buf).expect("a notification arrives");
         String::from_utf8_lossy(&buf[..n]).into_owned()
@@ -851,4 +851,111 @@ fn systemd_readiness_watchdog_and_stopping_notifications() {
     }
     assert!(stopping);
     assert!(d.terminate().success());
+}
+
+/// The stored tree of `dir` in a snapshot, read from the repository directly.
+fn subtree_of(node: &Node, snapshot_id: &str, dir: &std::path::Path) -> hostagent::repo::Id {
+    use hostagent::repo::{Id, Repository};
+    let repo = Repository::open(
+        std::sync::Arc::new(hostagent::store::LocalStore::new(&node.repo)),
+        PASSWORD.as_bytes(),
+    )
+    .unwrap();
+    let snap = repo
+        .read_snapshot(&Id::from_hex(snapshot_id).unwrap())
+        .unwrap();
+    let mut id = snap.tree;
+    for c in dir.components().skip(1) {
+        id = repo
+            .read_tree(&id)
+            .unwrap()
+            .get(c.as_os_str().as_encoded_bytes())
+            .and_then(|n| n.subtree())
+            .unwrap();
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn change_hints_and_full_comparison_store_the_same_snapshot() {
+    let node = Node::new("[change_hints]\nenabled = true\n");
+    std::fs::create_dir_all(node.data.join("quiet/deeper")).unwrap();
+    std::fs::write(node.data.join("quiet/deeper/q"), b"untouched").unwrap();
+    let mut d = node.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node.log_text().contains("watching the backed-up trees") {
+        assert!(Instant::now() < deadline, "{}", node.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = node.client().await;
+    let snap = |full: bool| api::StartSnapshotRequest {
+        full,
+        ..Default::default()
+    };
+    let op = c.start_snapshot(snap(false)).await.unwrap().into_inner();
+    let first = wait_for(&mut c, &op.id, 120, is_terminal).await;
+    assert_eq!(phase(&first), api::Phase::Completed, "{first:#?}");
+    assert!(!first.message.contains("change hints"), "{}", first.message);
+    assert!(
+        node.log_text()
+            .contains("comparing every entry: no snapshot was saved since the watch began")
+    );
+
+    // Changes: a file rewritten, a directory with a file added, a mode changed.
+    std::fs::write(node.data.join("etc/app.conf"), b"listen = 9090 # changed\n").unwrap();
+    std::fs::create_dir_all(node.data.join("etc/new")).unwrap();
+    std::fs::write(node.data.join("etc/new/file"), b"new").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        node.data.join("blob.bin"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    // No pause: the changes made just now must reach this snapshot's hints.
+    let op = c.start_snapshot(snap(false)).await.unwrap().into_inner();
+    let hinted = wait_for(&mut c, &op.id, 120, is_terminal).await;
+    assert_eq!(phase(&hinted), api::Phase::Completed, "{hinted:#?}");
+    assert!(
+        hinted
+            .message
+            .contains("unchanged directories kept from the previous snapshot"),
+        "{}",
+        hinted.message
+    );
+    assert!(node.log_text().contains("using change hints"));
+    let op = c.start_snapshot(snap(true)).await.unwrap().into_inner();
+    let full = wait_for(&mut c, &op.id, 120, is_terminal).await;
+    assert_eq!(phase(&full), api::Phase::Completed, "{full:#?}");
+    assert!(!full.message.contains("change hints"), "{}", full.message);
+    assert!(
+        node.log_text()
+            .contains("comparing every entry: a full comparison was asked for")
+    );
+    let hinted_tree = subtree_of(&node, &hinted.snapshot_id, &node.data);
+    assert_eq!(
+        hinted_tree,
+        subtree_of(&node, &full.snapshot_id, &node.data)
+    );
+    assert_ne!(
+        hinted_tree,
+        subtree_of(&node, &first.snapshot_id, &node.data)
+    );
+
+    // After a restart nothing is known about what changed meanwhile: full comparison.
+    assert!(d.terminate().success());
+    std::fs::write(
+        node.data.join("quiet/deeper/q"),
+        b"changed while agentd was down",
+    )
+    .unwrap();
+    let _d = node.start();
+    let mut c = node.client().await;
+    let op = c.start_snapshot(snap(false)).await.unwrap().into_inner();
+    let after = wait_for(&mut c, &op.id, 120, is_terminal).await;
+    assert!(!after.message.contains("change hints"), "{}", after.message);
+    assert_ne!(
+        subtree_of(&node, &after.snapshot_id, &node.data.join("quiet")),
+        subtree_of(&node, &full.snapshot_id, &node.data.join("quiet")),
+        "the change made while agentd was down is in the snapshot"
+    );
 }

@@ -217,13 +217,23 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ChangeHints {
-    /// Watch the backed-up trees with inotify and log which directories changed between
-    /// snapshots.
-    #[serde(default)]
+    /// Watch the backed-up trees with inotify; a snapshot then lists only the directories
+    /// in which something changed since the previous one (see `daemon::hints`).
     pub enabled: bool,
+    /// Every this many snapshots, compare every entry anyway (0: never forced).
+    pub full_every: u32,
+}
+
+impl Default for ChangeHints {
+    fn default() -> Self {
+        ChangeHints {
+            enabled: false,
+            full_every: 24,
+        }
+    }
 }
 
 /// A duration written for people: "30s", "5m", "720h", "1h 30m".

@@ -226,6 +226,12 @@ fn snapshot(
         snap.stats.bytes_read,
         snap.stats.bytes_new
     );
+    if report.dirs_reused > 0 {
+        message.push_str(&format!(
+            "; {} unchanged directories kept from the previous snapshot (change hints)",
+            report.dirs_reused
+        ));
+    }
     if snap.stats.errors > 0 {
         message.push_str(&format!(
             "; {} entries could not be stored",
@@ -298,8 +304,29 @@ fn take_snapshot(
     opts.expires = ttl.map(|s| chrono::Utc::now() + chrono::Duration::seconds(s as i64));
     opts.threads = cfg.threads;
     opts.progress = progress.clone();
+    if let Some(watcher) = &agent.hints {
+        match watcher.begin(full) {
+            // The parent may have been deleted since: then compare everything.
+            Ok(h) if repo.read_snapshot(&h.parent).is_ok() => {
+                tracing::info!(
+                    operation_id = %id, parent = %h.parent.to_hex(), changed = h.changed.len(),
+                    "using change hints"
+                );
+                opts.hints = Some(h);
+            }
+            Ok(_) => tracing::info!(
+                operation_id = %id,
+                "comparing every entry: the snapshot the change hints are relative to is gone"
+            ),
+            Err(why) => tracing::info!(operation_id = %id, "comparing every entry: {why}"),
+        }
+    }
     agent.ops.set_step(id, "backing up");
-    let report = backup::backup(&repo, &opts)?;
+    let result = backup::backup(&repo, &opts);
+    if let Some(watcher) = &agent.hints {
+        watcher.complete(result.as_ref().ok().map(|r| r.id));
+    }
+    let report = result?;
     let sid = report.id.to_hex();
     agent.ops.update(id, |r| r.snapshot_id = Some(sid.clone()));
     Ok((sid, report))

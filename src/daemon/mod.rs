@@ -7,7 +7,8 @@
 //! - [`service`] (the gRPC methods), [`convert`] (records to messages), [`status_map`] (the
 //!   one mapping of failures to gRPC codes);
 //! - [`operations`] (admission, cancel, timeouts, live progress), [`record`] (persisted
-//!   records), [`jobs`] (the work of each kind), [`hooks`], [`schedule`];
+//!   records), [`jobs`] (the work of each kind), [`hooks`], [`schedule`], [`hints`]
+//!   (inotify change hints for the next snapshot);
 //! - [`metrics`], [`systemd`] (logging, readiness, watchdog).
 //!
 //! The engine (backup, restore, repo) knows nothing of this module: it is called from the
@@ -16,6 +17,7 @@
 pub mod auth;
 pub mod config;
 pub mod convert;
+pub mod hints;
 pub mod hooks;
 pub mod jobs;
 pub mod metrics;
@@ -59,6 +61,7 @@ pub struct Agent {
     pub node: String,
     pub ops: Arc<Operations>,
     pub metrics: Arc<metrics::Metrics>,
+    pub hints: Option<Arc<hints::ChangeWatcher>>,
 }
 
 impl Agent {
@@ -199,11 +202,22 @@ async fn run(config: Config, activated: Option<i32>, watchdog: Option<Duration>)
     let listener = socket::listen(&socket_path, group.as_ref().map(|g| g.1), activated)?;
     let metrics_listen = config.metrics.listen;
     let stop_grace = config.timeouts.stop_grace.0;
+    let hints = config.change_hints.enabled.then(|| {
+        let watcher = Arc::new(hints::ChangeWatcher::new(
+            config.change_hints.full_every,
+            config.daemon.state_dir.join("hints"),
+        ));
+        let (w, paths) = (watcher.clone(), config.backup.paths.clone());
+        // Adding a watch per directory takes a while on big trees: not before READY.
+        tokio::task::spawn_blocking(move || w.watch(&paths));
+        watcher
+    });
     let agent = Arc::new(Agent {
         config,
         node: node.clone(),
         ops: ops.clone(),
         metrics: metrics.clone(),
+        hints,
     });
 
     if let Some(addr) = metrics_listen {
