@@ -674,6 +674,28 @@ fn agentctl_client_mode_snapshot_wait_json_and_exit_codes() {
     let out = node.agentctl(&["--json", "operations"]);
     let ops: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(ops[0]["snapshot_id"], sid.as_str());
+    let target = node.dir.path().join("via-agentctl");
+    let out = node.agentctl(&[
+        "restore",
+        &sid[..12],
+        "--target",
+        target.to_str().unwrap(),
+        "--wait",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Completed"));
+    assert_eq!(
+        tree_contents(&target.join(node.data.strip_prefix("/").unwrap())),
+        tree_contents(&node.data)
+    );
+    let out = node.agentctl(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("node node-a") && text.contains("(reachable)"),
+        "{text}"
+    );
+    assert!(text.contains("last restore success"), "{text}");
     let out = node.agentctl(&["watch", "snapshot-20200101-000000-abcdef"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
@@ -958,4 +980,83 @@ async fn change_hints_and_full_comparison_store_the_same_snapshot() {
         subtree_of(&node, &full.snapshot_id, &node.data.join("quiet")),
         "the change made while agentd was down is in the snapshot"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_go_to_journald_with_structured_fields() {
+    use std::os::unix::fs::MetadataExt;
+    let node = Node::new("");
+    // A stand-in for journald's socket, mounted at its fixed path in a private mount
+    // namespace, so the host's journal (if any) is untouched.
+    let journal = node.dir.path().join("journal.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&journal).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let stderr = std::fs::File::create(&node.log).unwrap();
+    let meta = stderr.metadata().unwrap();
+    let script = "mount -t tmpfs none /run/systemd && mkdir /run/systemd/journal && \
+                  touch /run/systemd/journal/socket && \
+                  mount --bind \"$JOURNAL_SOCK\" /run/systemd/journal/socket && \
+                  exec \"$0\" \"$@\"";
+    let child = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .arg(AGENTD)
+        .arg("--config")
+        .arg(&node.config)
+        .env("JOURNAL_SOCK", &journal)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let _d = Daemon { child: Some(child) };
+    node.wait_ready();
+    let mut c = node.client().await;
+    let op = c
+        .start_snapshot(snapshot_req(""))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_for(&mut c, &op.id, 120, is_terminal).await;
+    assert_eq!(phase(&done), api::Phase::Completed);
+    let mut buf = vec![0u8; 1 << 16];
+    let entry = loop {
+        let n = sock.recv(&mut buf).expect("journal entries arrive");
+        let fields = journal_fields(&buf[..n]);
+        if fields.get("MESSAGE").is_some_and(|m| m == "snapshot saved") {
+            break fields;
+        }
+    };
+    assert_eq!(entry["OPERATION_ID"], op.id, "{entry:?}");
+    assert_eq!(entry["SNAPSHOT_ID"], done.snapshot_id, "{entry:?}");
+    assert_eq!(
+        entry["BYTES"],
+        done.progress.unwrap().bytes_done.to_string()
+    );
+    assert_eq!(entry["SYSLOG_IDENTIFIER"], "agentd");
+    // Nothing went to stderr: the journal took it all.
+    assert!(!node.log_text().contains("snapshot saved"));
+}
+
+/// Parses one datagram of journald's native protocol: `KEY=value\n`, or `KEY\n`, a 64-bit
+/// little-endian length, the value, `\n`.
+fn journal_fields(mut b: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    while !b.is_empty() {
+        let nl = b.iter().position(|&c| c == b'\n').unwrap_or(b.len());
+        let line = &b[..nl];
+        if let Some(eq) = line.iter().position(|&c| c == b'=') {
+            out.insert(
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            );
+            b = &b[(nl + 1).min(b.len())..];
+        } else {
+            let key = String::from_utf8_lossy(line).into_owned();
+            let rest = &b[nl + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            out.insert(key, String::from_utf8_lossy(&rest[8..8 + len]).into_owned());
+            b = &rest[(8 + len + 1).min(rest.len())..];
+        }
+    }
+    out
 }
