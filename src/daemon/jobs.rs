@@ -15,6 +15,7 @@ use crate::error::{Error, Kind, Result};
 use crate::progress::Progress;
 use crate::restore::{self, RestoreOptions};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Starts the task that runs an admitted operation to its end.
 pub fn spawn(agent: Arc<Agent>, rec: OpRecord, progress: Arc<Progress>) {
@@ -27,28 +28,36 @@ pub fn spawn(agent: Arc<Agent>, rec: OpRecord, progress: Arc<Progress>) {
             let (agent, rec, progress) = (agent.clone(), rec.clone(), progress.clone());
             tokio::task::spawn_blocking(move || run(&agent, &rec, &progress))
         };
-        let result = tokio::select! {
-            r = &mut job => r,
-            _ = tokio::time::sleep(timeout) => {
-                tracing::warn!(operation_id = %id, timeout_s = timeout.as_secs_f64(), "operation timed out; stopping it");
-                let _ = agent.ops.cancel(&id, FailureReason::Timeout);
-                match tokio::time::timeout(grace, &mut job).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        agent.ops.finish_record(&id, Outcome {
-                            phase: Some(Phase::Failed),
-                            reason: Some(FailureReason::Timeout),
-                            message: format!(
-                                "timed out after {}; the work did not stop within {} and new \
-                                 operations wait until it has",
-                                humantime::format_duration(timeout),
-                                humantime::format_duration(grace)
-                            ),
-                            ..Default::default()
-                        });
-                        let _ = job.await;
-                        agent.ops.release(&id);
-                        return;
+        // Progress is saved now and then, so GetOperation after a crash tells how far it got.
+        let mut save = tokio::time::interval(Duration::from_secs(30));
+        save.tick().await;
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let result = loop {
+            tokio::select! {
+                r = &mut job => break r,
+                _ = save.tick() => agent.ops.update(&id, |_| {}),
+                () = &mut deadline => {
+                    tracing::warn!(operation_id = %id, timeout_s = timeout.as_secs_f64(), "operation timed out; stopping it");
+                    let _ = agent.ops.cancel(&id, FailureReason::Timeout);
+                    match tokio::time::timeout(grace, &mut job).await {
+                        Ok(r) => break r,
+                        Err(_) => {
+                            agent.ops.finish_record(&id, Outcome {
+                                phase: Some(Phase::Failed),
+                                reason: Some(FailureReason::Timeout),
+                                message: format!(
+                                    "timed out after {}; the work did not stop within {} and \
+                                     new operations wait until it has",
+                                    humantime::format_duration(timeout),
+                                    humantime::format_duration(grace)
+                                ),
+                                ..Default::default()
+                            });
+                            let _ = job.await;
+                            agent.ops.release(&id);
+                            return;
+                        }
                     }
                 }
             }

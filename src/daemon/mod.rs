@@ -245,6 +245,9 @@ async fn run(config: Config, activated: Option<i32>, watchdog: Option<Duration>)
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener.listener)
         .map(|conn| conn.map(auth::PeerStream::new));
 
+    // Graceful shutdown waits for open calls; a watcher of an operation that would not stop
+    // must not hold the process, so connections get a few seconds after the stop.
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = {
         let ops = ops.clone();
         async move {
@@ -263,6 +266,7 @@ async fn run(config: Config, activated: Option<i32>, watchdog: Option<Duration>)
                 }
                 None => tracing::info!("stopping"),
             }
+            let _ = stopped_tx.send(());
         }
     };
     tracing::info!(
@@ -271,10 +275,23 @@ async fn run(config: Config, activated: Option<i32>, watchdog: Option<Duration>)
         "agentd ready"
     );
     systemd::notify_ready(&format!("serving on {}", socket_path.display()));
-    let served = tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    let hard_stop = async {
+        if stopped_rx.await.is_ok() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let served = tokio::select! {
+        r = serve => r,
+        () = hard_stop => {
+            tracing::warn!("calls still open 5s after stopping; closing them");
+            Ok(())
+        }
+    };
     if !listener.activated {
         let _ = std::fs::remove_file(&socket_path);
     }
