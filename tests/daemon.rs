@@ -619,7 +619,13 @@ fn socket_activation_and_the_peer_check() {
             .stderr(log);
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(fd, 3) < 0 {
+                // dup2 onto itself keeps close-on-exec: clear it by hand in that case.
+                let rc = if fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, 3)
+                };
+                if rc < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

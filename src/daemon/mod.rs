@@ -62,6 +62,9 @@ pub struct Agent {
     pub ops: Arc<Operations>,
     pub metrics: Arc<metrics::Metrics>,
     pub hints: Option<Arc<hints::ChangeWatcher>>,
+    /// The repository as opened for queries (listing, describing, deleting snapshots need
+    /// no index), kept so that each query does not pay the password's key derivation.
+    query_repo: std::sync::Mutex<Option<Arc<Repository>>>,
 }
 
 impl Agent {
@@ -82,6 +85,25 @@ impl Agent {
                 e
             }
         })
+    }
+
+    /// Runs a query on the cached repository (opening it if needed). A failed query drops
+    /// the cache, so a repository replaced or re-keyed behind agentd's back is reopened.
+    pub fn query<T>(&self, f: impl FnOnce(&Repository) -> Result<T>) -> Result<T> {
+        let cached = self.query_repo.lock().unwrap().clone();
+        let repo = match cached {
+            Some(r) => r,
+            None => {
+                let r = Arc::new(self.open_repository()?);
+                *self.query_repo.lock().unwrap() = Some(r.clone());
+                r
+            }
+        };
+        let result = f(&repo);
+        if result.as_ref().is_err_and(|e| e.kind() != Kind::NotFound) {
+            *self.query_repo.lock().unwrap() = None;
+        }
+        result
     }
 
     /// Whether the repository's storage answers and holds a repository (no password needed).
@@ -218,6 +240,7 @@ async fn run(config: Config, activated: Option<i32>, watchdog: Option<Duration>)
         ops: ops.clone(),
         metrics: metrics.clone(),
         hints,
+        query_repo: std::sync::Mutex::new(None),
     });
 
     if let Some(addr) = metrics_listen {

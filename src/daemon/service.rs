@@ -243,9 +243,8 @@ impl AgentApi for Service {
         let r = req.into_inner();
         let snapshots = self
             .blocking(move |agent| {
-                let repo = agent.open_repository()?;
-                Ok(repo
-                    .list_snapshots()?
+                let all = agent.query(|repo| repo.list_snapshots())?;
+                Ok(all
                     .iter()
                     .filter(|s| r.hostname.is_empty() || s.snapshot.hostname == r.hostname)
                     .filter(|s| r.tag.is_empty() || s.snapshot.tags.contains(&r.tag))
@@ -270,8 +269,8 @@ impl AgentApi for Service {
         }
         let snap = self
             .blocking(move |agent| {
-                let repo = agent.open_repository()?;
-                Ok(convert::snapshot(&repo.resolve_snapshot(&spec)?))
+                let entry = agent.query(|repo| repo.resolve_snapshot(&spec))?;
+                Ok(convert::snapshot(&entry))
             })
             .await?;
         Ok(Response::new(snap))
@@ -294,19 +293,21 @@ impl AgentApi for Service {
         }
         let deleted_id = self
             .blocking(move |agent| {
-                let repo = agent.open_repository()?;
-                let entry = repo.resolve_snapshot(&spec)?;
-                if !entry.id.to_hex().starts_with(&spec) {
-                    return Err(ApiError::Engine(Error::not_found(format!(
-                        "no snapshot ID starts with {spec}"
-                    ))));
-                }
-                let key = crate::repo::snapshot::snapshot_key(&entry.id);
-                repo.store()
-                    .delete(&key)
-                    .map_err(|e| Error::from(e).context("cannot delete the snapshot"))?;
-                tracing::info!(snapshot_id = %entry.id.to_hex(), "snapshot deleted");
-                Ok(entry.id.to_hex())
+                let id = agent.query(|repo| {
+                    let entry = repo.resolve_snapshot(&spec)?;
+                    if !entry.id.to_hex().starts_with(&spec) {
+                        return Err(Error::not_found(format!(
+                            "no snapshot ID starts with {spec}"
+                        )));
+                    }
+                    let key = crate::repo::snapshot::snapshot_key(&entry.id);
+                    repo.store()
+                        .delete(&key)
+                        .map_err(|e| Error::from(e).context("cannot delete the snapshot"))?;
+                    Ok(entry.id.to_hex())
+                })?;
+                tracing::info!(snapshot_id = %id, "snapshot deleted");
+                Ok(id)
             })
             .await?;
         Ok(Response::new(api::DeleteSnapshotResponse { deleted_id }))
