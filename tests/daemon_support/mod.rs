@@ -308,3 +308,10 @@ pub fn tree_contents(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>>
     walk(dir, dir, &mut out);
     out
 }
+
+pub fn snapshot_req(request_id: &str) -> api::StartSnapshotRequest {
+    api::StartSnapshotRequest {
+        request_id: request_id.into(),
+        ..Default::default()
+    }
+}
