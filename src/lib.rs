@@ -4,8 +4,10 @@
 //! `agentctl` (the command line) are thin layers over it. See docs/ARCHITECTURE.md for the
 //! code map and docs/FORMAT.md for the repository format.
 
+pub mod api;
 pub mod backup;
 pub mod cli;
+pub mod daemon;
 pub mod error;
 pub mod fsmeta;
 pub mod maintenance;

@@ -36,6 +36,12 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Snapshot(a) => {
+            if a.paths.is_empty() {
+                return Err(Error::invalid(
+                    "no paths to back up: name at least one (agentd backs up its configured \
+                     paths: drop --repo to ask it)",
+                ));
+            }
             let mut repo = open(g)?;
             let mut opts = BackupOptions::new(a.paths.clone());
             opts.tags = a.tags.clone();
@@ -215,6 +221,12 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::NodeRestore(a) => super::node::run(g, a),
+        Command::Status | Command::Operations(_) | Command::Watch(_) | Command::Cancel(_) => {
+            Err(Error::invalid(
+                "this command asks agentd: drop --repo (and pass --socket if agentd listens \
+             elsewhere)",
+            ))
+        }
         Command::Restore(a) => {
             let repo = open(g)?;
             let snap = repo.resolve_snapshot(&a.snapshot)?;

@@ -1,14 +1,17 @@
-//! `agentctl`: the command line. Standalone commands open a repository directly (`--repo`);
-//! this module parses arguments, dispatches, and maps errors to exit codes in one place.
+//! `agentctl`: the command line. With `--repo`, commands open a repository directly
+//! (standalone); without it, they are requests to agentd over its socket (`--socket`), and
+//! the daemon does the work ([`client`]). This module parses arguments, dispatches, and maps
+//! errors to exit codes in one place.
 //!
 //! Exit codes: 0 success; 1 failure; 2 invalid usage; 3 finished, but some files could not
-//! be stored or restored (listed on stderr); 10 no repository at the location; 12 wrong
-//! password; 130 cancelled.
+//! be stored or restored (listed on stderr); 10 no repository at the location; 11 agentd
+//! cannot be reached; 12 wrong password; 13 agentd refused the caller; 130 cancelled.
 
 mod access;
+pub mod client;
 mod commands;
-mod node;
 mod maint;
+mod node;
 mod output;
 
 use crate::error::{Error, Kind};
@@ -37,6 +40,14 @@ pub struct Global {
     /// File holding the repository password (first line).
     #[arg(long, env = "HOSTAGENT_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
+    /// agentd's socket, used when no --repo is given.
+    #[arg(
+        long,
+        env = "HOSTAGENT_SOCKET",
+        global = true,
+        default_value = "/run/hostagent/agent.sock"
+    )]
+    pub socket: PathBuf,
     /// Machine-readable output on stdout.
     #[arg(long, global = true)]
     pub json: bool,
@@ -50,10 +61,18 @@ pub enum Command {
     /// Manage the repository itself.
     #[command(subcommand)]
     Repo(RepoCommand),
-    /// Take a snapshot of one or more paths.
+    /// Take a snapshot: of the given paths (with --repo), or of the configured ones by agentd.
     Snapshot(SnapshotArgs),
     /// List snapshots.
     Snapshots(SnapshotsArgs),
+    /// Show agentd's state: repository, running operation, last successes, schedules.
+    Status,
+    /// List agentd's operations, newest first.
+    Operations(OperationsArgs),
+    /// Follow an operation of agentd until it ends.
+    Watch(OperationArg),
+    /// Cancel an operation of agentd.
+    Cancel(OperationArg),
     /// List the entries of a snapshot.
     Ls(LsArgs),
     /// Show what changed between two snapshots.
@@ -65,7 +84,7 @@ pub enum Command {
     NodeRestore(NodeRestoreArgs),
     /// Forget snapshots by expiry and keep rules (see docs/MAINTENANCE.md).
     Forget(maint::ForgetArgs),
-    /// Delete snapshots by ID or name.
+    /// Delete snapshots by ID or name (directly with --repo, else through agentd).
     Delete(maint::DeleteArgs),
     /// Remove data no snapshot needs; safe while other nodes keep backing up.
     Prune(maint::PruneArgs),
@@ -87,10 +106,31 @@ pub enum RepoCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct OperationsArgs {
+    /// At most this many (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct OperationArg {
+    /// The operation ID (as `agentctl operations` lists it).
+    pub operation: String,
+}
+
+#[derive(Debug, Args)]
 pub struct SnapshotArgs {
-    /// Paths to back up.
-    #[arg(required = true)]
+    /// Paths to back up (with --repo; agentd backs up its configured paths).
     pub paths: Vec<PathBuf>,
+    /// With agentd: wait for the snapshot to finish, showing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// With agentd: retention of the snapshot ("720h").
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// With agentd: a retry with the same ID returns the same operation.
+    #[arg(long)]
+    pub request_id: Option<String>,
     /// Tag the snapshot (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
@@ -152,6 +192,12 @@ pub struct RestoreArgs {
     /// Also remove entries of the target that the snapshot does not have.
     #[arg(long)]
     pub delete: bool,
+    /// With agentd: wait for the restore to finish, showing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// With agentd: a retry with the same ID returns the same operation.
+    #[arg(long)]
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +254,9 @@ pub struct NodeRestoreArgs {
 /// Parses the command line, runs the command, and turns the outcome into an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.global.repo.is_none() {
+        return client::run(&cli);
+    }
     match commands::run(&cli) {
         Ok(code) => code,
         Err(e) => {
