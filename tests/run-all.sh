@@ -12,7 +12,7 @@ mkdir -p "$CARGO_TARGET_DIR"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "system packages"
-packages=(acl attr libcap2-bin debootstrap systemd-container)
+packages=(acl attr libcap2-bin debootstrap systemd-container util-linux python3-pip)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,6 +25,9 @@ if [ "$(id -u)" != 0 ]; then
   echo "tests/run-all.sh: run as root: the tests restore owners, devices and capabilities" >&2
   exit 1
 fi
+
+step "python gRPC client (the API tests drive agentd with grpcio too)"
+python3 -c "import grpc, grpc_tools" 2>/dev/null || python3 -m pip install --quiet grpcio grpcio-tools
 
 step "lab node image (debootstrap, cached)"
 tests/lab/lab.sh build
