@@ -27,7 +27,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 step "python gRPC client (the API tests drive agentd with grpcio too)"
-python3 -c "import grpc, grpc_tools" 2>/dev/null || python3 -m pip install --quiet grpcio grpcio-tools
+python3 -c "import grpc, grpc_tools" 2>/dev/null || python3 -m pip install --quiet grpcio grpcio-tools \
+  || python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools
 
 step "lab node image (debootstrap, cached)"
 tests/lab/lab.sh build
