@@ -131,6 +131,15 @@ async fn dispatch(cli: &Cli) -> Result<ExitCode, ClientError> {
     }
     let mut client = connect(g.socket.clone()).await?;
     match &cli.command {
+        Command::NodeRestore(_)
+        | Command::Forget(_)
+        | Command::Prune(_)
+        | Command::Check(_)
+        | Command::Repair(_)
+        | Command::Key(_)
+        | Command::Unlock(_) => Err(usage(
+            "this command works on a repository directly: pass --repo DIR",
+        )),
         Command::Snapshot(a) => {
             let op = client
                 .start_snapshot(api::StartSnapshotRequest {

@@ -574,6 +574,7 @@ fn new_password(a: &KeyNewArgs) -> Result<zeroize::Zeroizing<Vec<u8>>> {
         password_file: a.new_password_file.clone(),
         json: false,
         quiet: true,
+        socket: Default::default(),
     };
     if a.new_password_file.is_none() && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(Error::invalid(

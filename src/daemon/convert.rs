@@ -39,6 +39,7 @@ pub fn reason(r: FailureReason) -> api::FailureReason {
         FailureReason::InvalidInput => A::InvalidInput,
         FailureReason::LocalIo => A::LocalIo,
         FailureReason::Unsupported => A::Unsupported,
+        FailureReason::UnitControl => A::UnitControl,
         FailureReason::Internal => A::Internal,
     }
 }

@@ -286,7 +286,7 @@ fn take_snapshot(
 ) -> Result<(String, backup::BackupReport)> {
     let id = &rec.id;
     agent.ops.set_step(id, "opening repository");
-    let repo = agent.open_repository()?;
+    let mut repo = agent.open_repository()?;
     progress.check_cancelled()?;
     let cfg = &agent.config.backup;
     let name = snapshot_name(&agent.node, rec.trigger, &repo)?;
@@ -331,7 +331,8 @@ fn take_snapshot(
         }
     }
     agent.ops.set_step(id, "backing up");
-    let result = backup::backup(&repo, &opts);
+    // Inside a writer session, so a prune running on another node keeps what this reuses.
+    let result = crate::maintenance::backup(&mut repo, &opts);
     if let Some(watcher) = &agent.hints {
         watcher.complete(result.as_ref().ok().map(|r| r.id));
     }

@@ -79,6 +79,7 @@ pub enum FailureReason {
     LocalIo,
     Unsupported,
     Internal,
+    UnitControl,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -82,6 +82,7 @@ fn engine_code(kind: Kind) -> Code {
         Kind::Unavailable => Code::Unavailable,
         Kind::Io => Code::Internal,
         Kind::Cancelled => Code::Cancelled,
+        Kind::Unit => Code::FailedPrecondition,
     }
 }
 
@@ -112,6 +113,7 @@ pub fn failure_reason(err: &Error) -> FailureReason {
         Kind::Unavailable => FailureReason::StorageUnavailable,
         Kind::Io => FailureReason::LocalIo,
         Kind::Cancelled => FailureReason::CanceledByUser,
+        Kind::Unit => FailureReason::UnitControl,
     }
 }
 
