@@ -114,10 +114,26 @@ pub(super) fn run(shared: &Shared<'_>, blobs: Receiver<NewBlob>, out: Sender<Fin
     packer.finish();
 }
 
-/// Stores packs as they come; returns those not yet listed in an index file.
+/// Stores packs as they come, with as many uploads in flight as the store wants; returns
+/// the packs not yet listed in an index file.
 pub(super) fn upload(shared: &Shared<'_>, packs: Receiver<FinishedPack>) -> Vec<PackRecord> {
+    let pending = std::sync::Mutex::new(Vec::new());
+    let uploads = shared.repo.store().parallelism().clamp(1, 32);
+    std::thread::scope(|scope| {
+        for _ in 0..uploads {
+            let (packs, pending) = (packs.clone(), &pending);
+            scope.spawn(move || upload_each(shared, packs, pending));
+        }
+    });
+    pending.into_inner().unwrap()
+}
+
+fn upload_each(
+    shared: &Shared<'_>,
+    packs: Receiver<FinishedPack>,
+    pending: &std::sync::Mutex<Vec<PackRecord>>,
+) {
     let repo = shared.repo;
-    let mut pending = Vec::new();
     for pack in packs {
         if shared.aborted() {
             let _ = std::fs::remove_file(&pack.path);
@@ -134,13 +150,21 @@ pub(super) fn upload(shared: &Shared<'_>, packs: Receiver<FinishedPack>) -> Vec<
         }
         bump(&shared.stats.bytes_stored, size);
         bump(&shared.stats.packs_written, 1);
-        pending.push(pack.record);
-        if pending.len() >= CHECKPOINT_PACKS {
-            match repo.write_index(&pending) {
-                Ok(_) => pending.clear(),
-                Err(e) => shared.fail(e),
+        let checkpoint = {
+            let mut p = pending.lock().unwrap();
+            p.push(pack.record);
+            if p.len() >= CHECKPOINT_PACKS {
+                std::mem::take(&mut *p)
+            } else {
+                Vec::new()
             }
+        };
+        if !checkpoint.is_empty()
+            && let Err(e) = repo.write_index(&checkpoint)
+        {
+            // Keep them for the final index, which the failure path still tries to write.
+            pending.lock().unwrap().extend(checkpoint);
+            shared.fail(e);
         }
     }
-    pending
 }
