@@ -648,3 +648,56 @@ fn agentctl_works_against_s3() {
     assert_eq!(code, 1);
     assert!(err.contains("--s3-endpoint"), "{err}");
 }
+
+#[test]
+fn tls_needs_the_ca_file_or_the_insecure_option() {
+    let Some(server) = garage::shared() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = garage::tls::make_certificates(tmp.path());
+    let port = garage::tls::proxy(&cert, &key, server.addr());
+    let https = |prefix: &str| {
+        let mut c = server.config(prefix);
+        c.endpoint = format!("https://127.0.0.1:{port}");
+        c
+    };
+    let prefix = garage::unique_prefix("tls");
+
+    let msg = probe_error(https(&prefix));
+    assert!(
+        msg.contains("TLS handshake with https://127.0.0.1:"),
+        "{msg}"
+    );
+    assert!(msg.contains("--s3-ca-file"), "{msg}");
+
+    let mut trusted = https(&prefix);
+    trusted.ca_file = Some(ca.clone());
+    let store = S3Store::new(trusted).unwrap();
+    store.probe().unwrap();
+    conformance::put_then_get(&store);
+    conformance::large_object(&store);
+
+    let mut insecure = https(&prefix);
+    insecure.insecure = true;
+    let store = S3Store::new(insecure).unwrap();
+    store.probe().unwrap();
+    assert_eq!(store.get("conf/a/one").unwrap(), b"hello");
+    assert_eq!(store.stat("conf/large").unwrap(), 20 << 20);
+
+    // https:// to the plain-HTTP port.
+    let mut wrong = server.config(&prefix);
+    wrong.endpoint = server.endpoint.replace("http://", "https://");
+    wrong.ca_file = Some(ca.clone());
+    let msg = probe_error(wrong);
+    assert!(msg.contains("does not speak TLS on this port"), "{msg}");
+
+    // A file that is not a certificate is refused before any request.
+    let mut bad = https(&prefix);
+    bad.ca_file = Some(key.clone());
+    let err = S3Store::new(bad).unwrap_err();
+    assert!(
+        err.to_string().contains("holds no PEM certificate"),
+        "{err}"
+    );
+}

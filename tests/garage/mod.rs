@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use hostagent::store::{S3Config, S3Credentials, S3Location, S3Store};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -167,7 +169,7 @@ impl Server {
         path
     }
 
-    fn addr(&self) -> SocketAddr {
+    pub fn addr(&self) -> SocketAddr {
         self.endpoint
             .trim_start_matches("http://")
             .parse()
