@@ -701,3 +701,21 @@ fn tls_needs_the_ca_file_or_the_insecure_option() {
         "{err}"
     );
 }
+
+#[test]
+fn a_key_without_write_permission_is_named() {
+    let Some(server) = garage::shared() else {
+        return;
+    };
+    if server.garage_dir.is_none() {
+        eprintln!("not run: needs a Garage started by the tests to create a read-only key");
+        return;
+    }
+    let (id, secret) = server.read_only_key("read-only");
+    let mut config = server.config(&garage::unique_prefix("ro"));
+    config.credentials = S3Credentials::new(&id, &secret, "the read-only key");
+    let msg = probe_error(config);
+    assert!(msg.contains("cannot write a test object"), "{msg}");
+    assert!(msg.contains("access denied"), "{msg}");
+    assert!(msg.contains(&id), "{msg}");
+}

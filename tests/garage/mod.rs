@@ -30,7 +30,7 @@ pub struct Server {
 
 fn garage_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("GARAGE_BIN") {
-        return Some(PathBuf::from(p));
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     std::env::var_os("PATH")
         .into_iter()
@@ -153,6 +153,36 @@ impl Server {
 
     pub fn store(&self, prefix: &str) -> S3Store {
         S3Store::new(self.config(prefix)).unwrap()
+    }
+
+    /// Runs the garage CLI against this server (one started by the tests).
+    pub fn garage(&self, args: &[&str]) -> String {
+        let out = Command::new(garage_bin().unwrap())
+            .arg("-c")
+            .arg(self.dir().join("garage.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "garage {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A new key allowed only to read the test bucket: (key ID, secret).
+    pub fn read_only_key(&self, name: &str) -> (String, String) {
+        let info = self.garage(&["key", "create", name]);
+        let field = |label: &str| {
+            info.lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == label))
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_else(|| panic!("no {label} in: {info}"))
+        };
+        let (id, secret) = (field("Key ID"), field("Secret key"));
+        self.garage(&["bucket", "allow", "--read", &self.bucket, "--key", name]);
+        (id, secret)
     }
 
     /// An AWS credentials file for agentctl.

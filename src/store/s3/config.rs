@@ -40,10 +40,7 @@ impl S3Location {
             )));
         }
         let prefix = prefix.trim_matches('/');
-        if prefix
-            .split('/')
-            .any(|c| prefix.contains("//") || c == "." || c == "..")
-        {
+        if prefix.contains("//") || prefix.split('/').any(|c| c == "." || c == "..") {
             return Err(Error::invalid(format!(
                 "{url}: the prefix {prefix:?} must be plain path components"
             )));
@@ -208,7 +205,8 @@ pub struct S3Config {
     pub endpoint: String,
     pub region: String,
     pub location: S3Location,
-    /// `endpoint/bucket/key` instead of `bucket.endpoint/key`: what MinIO and Garage expect.
+    /// `endpoint/bucket/key` instead of `bucket.endpoint/key`: what MinIO and Garage expect
+    /// unless they are set up with a wildcard domain. Off by default, as on AWS.
     pub path_style: bool,
     /// Extra PEM certificate(s) to trust, besides the system's roots.
     pub ca_file: Option<PathBuf>,
@@ -240,7 +238,7 @@ impl S3Config {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             region: Self::DEFAULT_REGION.to_string(),
             location,
-            path_style: true,
+            path_style: false,
             ca_file: None,
             insecure: false,
             credentials,

@@ -152,10 +152,11 @@ fn connection(
     cx: &Context,
 ) -> (StoreErrorKind, String) {
     use StoreErrorKind::*;
-    let detail = DisplayErrorContext(err).to_string();
-    let lower = detail.to_ascii_lowercase();
+    // Match on the whole chain; quote only its innermost error, which says what happened.
+    let lower = DisplayErrorContext(err).to_string().to_ascii_lowercase();
     let e = &cx.endpoint;
     let chain = chain(err);
+    let detail = chain.last().map(|s| s.to_string()).unwrap_or_default();
     let io_kind = chain
         .iter()
         .find_map(|s| s.downcast_ref::<std::io::Error>().map(|io| io.kind()));
