@@ -99,8 +99,31 @@ impl<S: ObjectStore> CacheStore<S> {
         })();
     }
 
-    /// Drops cached objects under `prefix` that the store no longer lists.
+    /// Drops cached objects under `prefix` that the store no longer lists: whole objects,
+    /// or, when all packs are listed (by check or prune), ranges of packs that are gone.
     fn forget_missing(&self, prefix: &str, listed: &[ObjectInfo]) {
+        if prefix == "packs/" {
+            let present: std::collections::HashSet<&str> = listed
+                .iter()
+                .filter_map(|o| o.key.rsplit('/').next())
+                .collect();
+            let Ok(shards) = fs::read_dir(self.dir.join(RANGES_DIR)) else {
+                return;
+            };
+            for entry in shards
+                .flatten()
+                .flat_map(|d| fs::read_dir(d.path()))
+                .flatten()
+            {
+                let Ok(entry) = entry else { continue };
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let pack = name.split('-').next().unwrap_or_default();
+                if !present.contains(pack) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+            return;
+        }
         let Some(dir) = WHOLE
             .iter()
             .find(|p| **p == prefix)
@@ -255,6 +278,13 @@ mod tests {
         counting.inner().delete("snapshots/cd34").unwrap();
         assert!(store.list("snapshots/").unwrap().is_empty());
         assert!(!store.dir().join("snapshots/cd34").exists());
+        let ranges = || walk(&store.dir().join(RANGES_DIR)).len();
+        assert_eq!(ranges(), 1);
+        store.list("packs/").unwrap();
+        assert_eq!(ranges(), 1, "the pack is still there");
+        counting.inner().delete("packs/ab/ab99").unwrap();
+        store.list("packs/").unwrap();
+        assert_eq!(ranges(), 0, "ranges of a deleted pack are dropped");
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {
