@@ -109,6 +109,8 @@ fn start_garage() -> Option<Server> {
         .env("GARAGE_S3_PORT", free_port().to_string())
         .env("GARAGE_RPC_PORT", free_port().to_string())
         .env("HOSTAGENT_GARAGE_WATCH_PID", std::process::id().to_string())
+        // The shared server's directory outlives every test (it sits in a static).
+        .env("HOSTAGENT_GARAGE_REMOVE_DIR", "1")
         .stdin(Stdio::null())
         .output()
         .expect("run tests/garage/setup.sh");

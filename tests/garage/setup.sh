@@ -9,7 +9,8 @@
 # Settings (environment): GARAGE_BIN (default: garage on PATH, then ~/.cargo/bin/garage;
 # install with `cargo install --locked garage`), GARAGE_S3_PORT (3900), GARAGE_RPC_PORT
 # (3901), GARAGE_BUCKET (hostagent-test), HOSTAGENT_GARAGE_WATCH_PID (stop the server when
-# that process exits, so test runs leave nothing behind).
+# that process exits, so test runs leave nothing behind; with HOSTAGENT_GARAGE_REMOVE_DIR=1
+# also remove DIR then).
 #
 # Writes DIR/garage.toml, DIR/garage.pid, DIR/garage.log, DIR/env (variables for the tests)
 # and DIR/credentials (an AWS credentials file for --s3-credentials-file). Prints the
@@ -60,6 +61,10 @@ if [[ -n ${HOSTAGENT_GARAGE_WATCH_PID:-} ]]; then
     (
         while kill -0 "$HOSTAGENT_GARAGE_WATCH_PID" 2>/dev/null; do sleep 1; done
         kill "$(cat "$dir/garage.pid")" 2>/dev/null || true
+        if [[ ${HOSTAGENT_GARAGE_REMOVE_DIR:-} == 1 ]]; then
+            sleep 1
+            rm -rf "$dir"
+        fi
     ) </dev/null >/dev/null 2>&1 &
 fi
 
