@@ -18,6 +18,11 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
     let g = &cli.global;
     match &cli.command {
         Command::Repo(RepoCommand::Init) => {
+            if let Some(checked) = access::check_s3(g)?
+                && !g.json
+            {
+                println!("checked {checked}");
+            }
             let store = access::store(g)?;
             let (password, _) = access::password(g, true)?;
             let repo = Repository::init(store, &password, InitOptions::default())?;

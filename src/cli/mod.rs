@@ -34,9 +34,11 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Repository location: a directory (or local:DIR).
+    /// Repository location: a directory (or local:DIR), or s3://BUCKET/PREFIX.
     #[arg(long, env = "HOSTAGENT_REPO", global = true)]
     pub repo: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// File holding the repository password (first line).
     #[arg(long, env = "HOSTAGENT_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
@@ -54,6 +56,54 @@ pub struct Global {
     /// No progress display.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+}
+
+/// How to reach an s3:// repository.
+#[derive(Debug, Args, Default)]
+pub struct S3Args {
+    /// S3 endpoint URL, e.g. https://minio.example:9000.
+    #[arg(long, env = "HOSTAGENT_S3_ENDPOINT", global = true, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// Region the bucket lives in (the server's configured region).
+    #[arg(
+        long,
+        env = "HOSTAGENT_S3_REGION",
+        global = true,
+        value_name = "REGION"
+    )]
+    pub s3_region: Option<String>,
+    /// Path-style requests (endpoint/bucket/key), as MinIO and Garage expect.
+    #[arg(long, env = "HOSTAGENT_S3_PATH_STYLE", global = true)]
+    pub s3_path_style: bool,
+    /// PEM file of a CA to trust for the endpoint's certificate.
+    #[arg(long, env = "HOSTAGENT_S3_CA_FILE", global = true, value_name = "FILE")]
+    pub s3_ca_file: Option<PathBuf>,
+    /// Accept any TLS certificate (test setups only: allows interception).
+    #[arg(long, env = "HOSTAGENT_S3_INSECURE", global = true)]
+    pub s3_insecure: bool,
+    /// AWS-format credentials file ([default] aws_access_key_id=... aws_secret_access_key=...);
+    /// without it, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are used.
+    #[arg(
+        long,
+        env = "HOSTAGENT_S3_CREDENTIALS_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub s3_credentials_file: Option<PathBuf>,
+    /// Uploads and downloads in flight at once.
+    #[arg(
+        long,
+        env = "HOSTAGENT_S3_CONNECTIONS",
+        global = true,
+        value_name = "N"
+    )]
+    pub s3_connections: Option<usize>,
+    /// Local cache of index and tree data for S3 repositories [default: ~/.cache/hostagent].
+    #[arg(long, env = "HOSTAGENT_CACHE_DIR", global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not cache index and tree data locally.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
 }
 
 #[derive(Debug, Subcommand)]

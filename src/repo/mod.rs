@@ -168,21 +168,63 @@ impl Repository {
         Ok(repo)
     }
 
-    /// Reads every index file again (after other writers added some).
+    /// Reads every index file again (after other writers added some). Files are fetched and
+    /// decoded by as many threads as the store wants requests in flight.
     pub fn reload_index(&self) -> Result<()> {
         let files = self
             .store
             .list(index::INDEX_PREFIX)
             .map_err(|e| store_err(e, "cannot list index files"))?;
-        let mut idx = Index::new();
-        for f in files {
-            let id = Id::from_hex(&f.key[index::INDEX_PREFIX.len()..])
-                .map_err(|_| Error::corrupt(format!("unexpected object {} in index/", f.key)))?;
+        let mut ids = Vec::with_capacity(files.len());
+        for f in &files {
+            ids.push(
+                Id::from_hex(&f.key[index::INDEX_PREFIX.len()..]).map_err(|_| {
+                    Error::corrupt(format!("unexpected object {} in index/", f.key))
+                })?,
+            );
+        }
+        let load = |i: usize| -> Result<Vec<PackRecord>> {
             let bytes = self
                 .store
-                .get(&f.key)
+                .get(&files[i].key)
                 .map_err(|e| store_err(e, "cannot read an index file"))?;
-            for pack in index::decode_file(&self.keys, &id, &bytes)? {
+            index::decode_file(&self.keys, &ids[i], &bytes)
+        };
+        let threads = self
+            .store
+            .parallelism()
+            .clamp(1, 16)
+            .min(files.len().max(1));
+        let mut loaded: Vec<Option<Result<Vec<PackRecord>>>> = Vec::new();
+        if threads == 1 {
+            loaded.extend((0..files.len()).map(|i| Some(load(i))));
+        } else {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let slots = std::sync::Mutex::new((0..files.len()).map(|_| None).collect::<Vec<_>>());
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|| {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= files.len() {
+                                break;
+                            }
+                            let result = load(i);
+                            let failed = result.is_err();
+                            slots.lock().unwrap()[i] = Some(result);
+                            if failed {
+                                // Stop the other threads early: one error fails the load.
+                                next.store(files.len(), std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            loaded = slots.into_inner().unwrap();
+        }
+        let mut idx = Index::new();
+        for packs in loaded.into_iter().flatten() {
+            for pack in packs? {
                 idx.add_pack(&pack);
             }
         }
@@ -252,17 +294,21 @@ impl Repository {
             ))
         })?;
         let key = pack::pack_key(&loc.pack.id);
-        let mut buf = self
-            .store
-            .get_range(&key, loc.offset as u64, loc.stored_len as u64)
-            .map_err(|e| {
-                let what = if e.kind == StoreErrorKind::NotFound {
-                    format!("pack {} is missing", loc.pack.id.short())
-                } else {
-                    format!("cannot read pack {}", loc.pack.id.short())
-                };
-                Error::from(e).context(what)
-            })?;
+        let (offset, len) = (loc.offset as u64, loc.stored_len as u64);
+        // Trees are read on every listing and incremental backup: let a cache keep them.
+        let read = if loc.pack.kind == BlobKind::Tree {
+            self.store.get_range_cacheable(&key, offset, len)
+        } else {
+            self.store.get_range(&key, offset, len)
+        };
+        let mut buf = read.map_err(|e| {
+            let what = if e.kind == StoreErrorKind::NotFound {
+                format!("pack {} is missing", loc.pack.id.short())
+            } else {
+                format!("cannot read pack {}", loc.pack.id.short())
+            };
+            Error::from(e).context(what)
+        })?;
         if buf.len() != loc.stored_len as usize {
             return Err(Error::corrupt(format!(
                 "pack {} is truncated (blob {} cut short)",
