@@ -106,6 +106,9 @@ pub struct SnapshotArgs {
     /// Read every file, ignoring the previous snapshot.
     #[arg(long)]
     pub force: bool,
+    /// How long to keep the snapshot (90m, 72h, 30d, 2w); `agentctl forget` removes it after.
+    #[arg(long)]
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Args)]
