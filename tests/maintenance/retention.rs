@@ -222,6 +222,9 @@ fn ttl_parses_units_and_refuses_nonsense() {
     assert_eq!(parse_ttl("2w").unwrap(), Duration::weeks(2));
     for bad in ["", "h", "0d", "-1d", "3y", "1.5d"] {
         let e = parse_ttl(bad).unwrap_err();
-        assert!(e.message().contains("like 90m, 72h, 30d or 2w"), "{bad}: {e}");
+        assert!(
+            e.message().contains("like 90m, 72h, 30d or 2w"),
+            "{bad}: {e}"
+        );
     }
 }
