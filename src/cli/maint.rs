@@ -383,6 +383,12 @@ fn print_prune(g: &Global, r: &PruneReport, pass: u32) {
         r.announced_unindexed,
         b(r.announced_bytes)
     );
+    if r.announced_waiting_for > 0 {
+        println!(
+            "  {} writers are running: what was announced is deleted by a prune after they finish",
+            r.announced_waiting_for
+        );
+    }
     if r.repacked_blobs > 0 {
         if r.dry_run {
             println!("  {repack} {} live blobs into new packs", r.repacked_blobs);

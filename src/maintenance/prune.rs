@@ -70,6 +70,8 @@ pub struct PruneReport {
     /// Whether nobody was writing when this run announced its batch (a next run can
     /// complete it at once).
     pub announced_ripe: bool,
+    /// Writers running at the announcement: the batch waits for them.
+    pub announced_waiting_for: usize,
     pub repacked_blobs: usize,
     pub repack_bytes_written: u64,
     /// Referenced blobs found in no pack: data loss that check and repair deal with.
@@ -409,6 +411,7 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
         let w = pending::write_witness(repo, &id)?;
         report.announced_pending = Some(id);
         report.announced_ripe = w.writers.is_empty() && report.damaged_packs.is_empty();
+        report.announced_waiting_for = w.writers.len();
     }
     // This handle's index still lists the deleted packs: load the new one.
     repo.reload_index()?;
