@@ -1,8 +1,9 @@
 //! `agentctl`: the command line. Standalone commands open a repository directly (`--repo`);
 //! this module parses arguments, dispatches, and maps errors to exit codes in one place.
 //!
-//! Exit codes: 0 success; 1 failure; 2 invalid usage; 3 finished, but some files could not
-//! be stored or restored (listed on stderr); 10 no repository at the location; 12 wrong
+//! Exit codes: 0 success; 1 failure (also: `check` found damage); 2 invalid usage; 3
+//! finished, but some files could not be stored or restored (listed on stderr), or `repair`
+//! had to drop lost files from snapshots; 10 no repository at the location; 12 wrong
 //! password; 130 cancelled.
 
 mod access;
