@@ -58,6 +58,10 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             if a.force {
                 opts.parent = ParentChoice::None;
             }
+            if let Some(ttl) = &a.ttl {
+                opts.expires =
+                    Some(chrono::Utc::now() + crate::maintenance::retention::parse_ttl(ttl)?);
+            }
             let bar = Bar::start(opts.progress.clone(), "snapshot", !g.quiet && !g.json);
             let report = crate::maintenance::backup(&mut repo, &opts);
             drop(bar);

@@ -349,8 +349,13 @@ fn print_prune(g: &Global, r: &PruneReport, pass: u32) {
         r.packs_before,
         b(r.pack_bytes_before)
     );
+    let (delete, announce, repack) = if r.dry_run {
+        ("would delete", "would announce", "would copy")
+    } else {
+        ("deleted", "announced", "copied")
+    };
     println!(
-        "  deleted {} packs announced earlier, freeing {}{}",
+        "  {delete} {} packs announced earlier, freeing {}{}",
         r.deleted_packs,
         b(r.deleted_bytes),
         if r.kept_for_new_snapshots > 0 {
@@ -372,18 +377,28 @@ fn print_prune(g: &Global, r: &PruneReport, pass: u32) {
         );
     }
     println!(
-        "  announced for deletion by the next prune: {} unused, {} repacked, {} unindexed packs ({})",
+        "  {announce} for deletion by the next prune: {} unused, {} repacked, {} unindexed packs ({})",
         r.announced_unused,
         r.announced_repacked,
         r.announced_unindexed,
         b(r.announced_bytes)
     );
-    if r.repacked_blobs > 0 {
+    if r.announced_waiting_for > 0 {
         println!(
-            "  repacked {} live blobs into {} of new packs",
-            r.repacked_blobs,
-            b(r.repack_bytes_written)
+            "  {} writers are running: what was announced is deleted by a prune after they finish",
+            r.announced_waiting_for
         );
+    }
+    if r.repacked_blobs > 0 {
+        if r.dry_run {
+            println!("  {repack} {} live blobs into new packs", r.repacked_blobs);
+        } else {
+            println!(
+                "  {repack} {} live blobs into {} of new packs",
+                r.repacked_blobs,
+                b(r.repack_bytes_written)
+            );
+        }
     }
     println!(
         "  index files: {} -> {}",

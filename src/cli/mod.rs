@@ -3,8 +3,9 @@
 //! the daemon does the work ([`client`]). This module parses arguments, dispatches, and maps
 //! errors to exit codes in one place.
 //!
-//! Exit codes: 0 success; 1 failure; 2 invalid usage; 3 finished, but some files could not
-//! be stored or restored (listed on stderr); 10 no repository at the location; 11 agentd
+//! Exit codes: 0 success; 1 failure (also: `check` found damage); 2 invalid usage; 3
+//! finished, but some files could not be stored or restored (listed on stderr), or `repair`
+//! had to drop lost files from snapshots; 10 no repository at the location; 11 agentd
 //! cannot be reached; 12 wrong password; 13 agentd refused the caller; 130 cancelled.
 
 mod access;
@@ -200,6 +201,9 @@ pub struct SnapshotArgs {
     /// Read every file, ignoring the previous snapshot.
     #[arg(long)]
     pub force: bool,
+    /// How long to keep the snapshot (90m, 72h, 30d, 2w); `agentctl forget` removes it after.
+    #[arg(long)]
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -174,7 +174,8 @@ pub fn check(repo: &mut Repository, opts: &CheckOptions) -> Result<CheckReport> 
     }
 
     // Data.
-    let mut corrupt: HashMap<Id, String> = HashMap::new();
+    // Blob -> (pack holding the corrupt copy, why). Another, intact copy elsewhere is fine.
+    let mut corrupt: HashMap<Id, (Id, String)> = HashMap::new();
     if let Some(subset) = opts.read_data {
         let present: Vec<(Id, u64)> = packs
             .keys()
@@ -219,11 +220,11 @@ pub fn check(repo: &mut Repository, opts: &CheckOptions) -> Result<CheckReport> 
         report.unreadable_snapshots.push((id, e.to_string()));
     }
     let problem = |id: &Id| -> Option<String> {
-        if let Some(why) = corrupt.get(id) {
-            return Some(why.clone());
-        }
         match repo.index().locate(id) {
             None => Some("is in no index".to_string()),
+            Some(loc) if corrupt.get(id).is_some_and(|(p, _)| *p == loc.pack.id) => {
+                corrupt.get(id).map(|(_, why)| why.clone())
+            }
             Some(loc) if missing_packs.contains_key(&loc.pack.id) => {
                 Some(format!("is in missing pack {}", loc.pack.id.short()))
             }
@@ -293,7 +294,7 @@ fn verify_pack(
     rec: &PackRecord,
     decoder: &mut BlobDecoder,
     report: &mut CheckReport,
-    corrupt: &mut HashMap<Id, String>,
+    corrupt: &mut HashMap<Id, (Id, String)>,
 ) -> Result<()> {
     let id = rec.id;
     let bytes = match repo.store().get(&pack_key(&id)) {
@@ -348,7 +349,7 @@ fn verify_pack(
         if let Err(e) = result {
             let why = format!("is corrupt in pack {}: {e}", id.short());
             report.errors.push(format!("blob {} {why}", b.id.short()));
-            corrupt.insert(b.id, why);
+            corrupt.insert(b.id, (id, why));
         }
     }
     Ok(())

@@ -21,7 +21,7 @@ mod walk;
 
 pub use session::WriteSession;
 
-use crate::backup::{BackupOptions, BackupReport};
+use crate::backup::{BackupOptions, BackupReport, ParentChoice};
 use crate::error::{Error, Result};
 use crate::repo::index::INDEX_PREFIX;
 use crate::repo::pack::{BlobEncoder, PackRecord, PackWriter, pack_key};
@@ -30,11 +30,39 @@ use crate::store::StoreErrorKind;
 use std::collections::HashMap;
 
 /// Takes a snapshot inside a [`WriteSession`], as every writer must while prunes may run.
+///
+/// The session's index hides packs pending deletion; a parent snapshot whose root tree is
+/// only there cannot serve as the base of an incremental backup, so the backup then reads
+/// every file instead of failing.
 pub fn backup(repo: &mut Repository, opts: &BackupOptions) -> Result<BackupReport> {
     let session = WriteSession::begin(repo, "backup")?;
-    let report = crate::backup::backup(repo, opts);
+    let mut opts = opts.clone();
+    if matches!(opts.parent, ParentChoice::Auto) {
+        opts.parent = usable_parent(repo, &opts)?;
+    }
+    let report = crate::backup::backup(repo, &opts);
     session.finish()?;
     report
+}
+
+/// The latest snapshot of the same host and paths, as the backup's own choice would be, if
+/// its root tree is in the writer's index.
+fn usable_parent(repo: &Repository, opts: &BackupOptions) -> Result<ParentChoice> {
+    let mut paths = Vec::new();
+    for p in &opts.paths {
+        paths.push(crate::backup::absolute(p)?.display().to_string());
+    }
+    paths.sort();
+    paths.dedup();
+    let parent = repo
+        .list_snapshots()?
+        .into_iter()
+        .rev()
+        .find(|s| s.snapshot.hostname == opts.hostname && s.snapshot.paths == paths);
+    Ok(match parent {
+        Some(s) if repo.index().contains(&s.snapshot.tree) => ParentChoice::Id(s.id),
+        _ => ParentChoice::None,
+    })
 }
 
 /// One index file as read from the store.

@@ -8,8 +8,9 @@
 //! their index, so they store those blobs again rather than reuse them. The argument that
 //! this never deletes live data, without locks and without clocks, is in docs/FORMAT.md.
 //!
-//! Memory: the index records (44 B per blob), the set of referenced blobs (about 48 B per
-//! blob) and one pack being repacked at a time.
+//! Memory: the index records twice (the pack records and the lookup index, 44 B per blob
+//! each), one map entry per referenced blob (about 48 B) and one pack being repacked at a
+//! time: about 140 B per blob, 1.4 GB for ten million blobs (ten TB of 1 MiB chunks).
 
 use super::pending::{self, Candidate, Pending, Reason};
 use super::session::{self, MaintenanceLock, WRITERS_PREFIX};
@@ -70,6 +71,8 @@ pub struct PruneReport {
     /// Whether nobody was writing when this run announced its batch (a next run can
     /// complete it at once).
     pub announced_ripe: bool,
+    /// Writers running at the announcement: the batch waits for them.
+    pub announced_waiting_for: usize,
     pub repacked_blobs: usize,
     pub repack_bytes_written: u64,
     /// Referenced blobs found in no pack: data loss that check and repair deal with.
@@ -182,7 +185,8 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
     repo.replace_index(full);
     report.packs_before = sizes.len();
     report.pack_bytes_before = sizes.values().sum();
-    let referenced = walk::referenced_blobs(repo, snaps.iter().map(|s| &s.snapshot))?;
+    // Per referenced blob: COVERED (a copy in a live pack), CHOSEN (the copy phase 1 keeps).
+    let mut referenced = walk::referenced_blobs(repo, snaps.iter().map(|s| &s.snapshot))?;
     report.referenced_blobs = referenced.len();
 
     // Phase 2: complete ripe batches.
@@ -196,16 +200,9 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
     let is_normal = |id: &Id, st: &PackState, pending: &HashMap<Id, Id>| {
         st.size.is_some() && !pending.contains_key(id)
     };
-    let mut covered: HashSet<Id> = HashSet::new();
     for (id, st) in &packs {
         if is_normal(id, st, &pending_packs) {
-            covered.extend(
-                st.rec
-                    .blobs
-                    .iter()
-                    .map(|b| b.id)
-                    .filter(|b| referenced.contains(b)),
-            );
+            mark(&mut referenced, &st.rec, COVERED);
         }
     }
     let mut to_delete: Vec<(Id, u64)> = Vec::new();
@@ -223,18 +220,11 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
                 st.rec
                     .blobs
                     .iter()
-                    .any(|b| referenced.contains(&b.id) && !covered.contains(&b.id))
+                    .any(|b| referenced.get(&b.id).is_some_and(|f| f & COVERED == 0))
             });
         if needed {
             // A snapshot written since the announcement uses it: back to the live packs.
-            let st = &packs[&pid];
-            covered.extend(
-                st.rec
-                    .blobs
-                    .iter()
-                    .map(|b| b.id)
-                    .filter(|b| referenced.contains(b)),
-            );
+            mark(&mut referenced, &packs[&pid].rec, COVERED);
             pending_packs.remove(&pid);
             report.kept_for_new_snapshots += 1;
         } else {
@@ -256,13 +246,12 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
                 .rec
                 .blobs
                 .iter()
-                .filter(|b| referenced.contains(&b.id))
+                .filter(|b| referenced.contains_key(&b.id))
                 .count();
             (n, *id)
         })
         .collect();
     refcount.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let mut chosen: HashSet<Id> = HashSet::new();
     let mut live_blobs: HashMap<Id, Vec<usize>> = HashMap::new();
     let mut candidates: Vec<Candidate> = Vec::new();
     let mut repack: Vec<Id> = Vec::new();
@@ -272,7 +261,10 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
         let (mut live_bytes, mut all_bytes) = (0u64, 0u64);
         for (i, b) in st.rec.blobs.iter().enumerate() {
             all_bytes += b.stored_len as u64;
-            if referenced.contains(&b.id) && chosen.insert(b.id) {
+            if let Some(f) = referenced.get_mut(&b.id)
+                && *f & CHOSEN == 0
+            {
+                *f |= CHOSEN;
                 live.push(i);
                 live_bytes += b.stored_len as u64;
             }
@@ -294,7 +286,7 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
     }
     report.missing_blobs = referenced
         .iter()
-        .filter(|b| !chosen.contains(b) && !full_contains(repo, b))
+        .filter(|(b, f)| *f & CHOSEN == 0 && !repo.index().contains(b))
         .count();
     let mut unindexed: Vec<(Id, u64)> = sizes
         .iter()
@@ -409,6 +401,7 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
         let w = pending::write_witness(repo, &id)?;
         report.announced_pending = Some(id);
         report.announced_ripe = w.writers.is_empty() && report.damaged_packs.is_empty();
+        report.announced_waiting_for = w.writers.len();
     }
     // This handle's index still lists the deleted packs: load the new one.
     repo.reload_index()?;
@@ -418,8 +411,16 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
     Ok(report)
 }
 
-fn full_contains(repo: &Repository, id: &Id) -> bool {
-    repo.index().contains(id)
+const COVERED: u8 = 1;
+const CHOSEN: u8 = 2;
+
+/// Sets `flag` on the referenced blobs of a pack.
+fn mark(referenced: &mut HashMap<Id, u8>, rec: &PackRecord, flag: u8) {
+    for b in &rec.blobs {
+        if let Some(f) = referenced.get_mut(&b.id) {
+            *f |= flag;
+        }
+    }
 }
 
 /// Copies the blobs at `live` positions of a pack into the sink, checking each against its

@@ -290,6 +290,30 @@ pub fn apply(
     out
 }
 
+/// Parses a time to live: a number and a unit, m(inutes), h(ours), d(ays) or w(eeks):
+/// "90m", "72h", "30d", "2w".
+pub fn parse_ttl(s: &str) -> Result<chrono::Duration> {
+    let bad = || {
+        Error::invalid(format!(
+            "--ttl {s:?}: give a number and a unit, like 90m, 72h, 30d or 2w"
+        ))
+    };
+    let t = s.trim();
+    let unit = t.chars().last().ok_or_else(bad)?;
+    let n: i64 = t[..t.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
+    if n <= 0 {
+        return Err(bad());
+    }
+    match unit {
+        'm' => chrono::Duration::try_minutes(n),
+        'h' => chrono::Duration::try_hours(n),
+        'd' => chrono::Duration::try_days(n),
+        'w' => chrono::Duration::try_weeks(n),
+        _ => None,
+    }
+    .ok_or_else(bad)
+}
+
 /// Removes one snapshot manifest. Its data stays until prunes find it unused.
 pub fn delete_snapshot(repo: &Repository, id: &Id) -> Result<()> {
     repo.store()

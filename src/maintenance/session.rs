@@ -9,9 +9,9 @@
 //! rewrite the index at once; backups never wait for it.
 //!
 //! A marker or lock whose process died would block deletion forever, so each holds the
-//! host name, the kernel boot ID, the process ID and its start time: on the same host a
-//! holder is stale when the boot ID changed or the process is gone (a reused PID has another
-//! start time). Within one process a registry of live tokens answers exactly. Holders on
+//! host name, the kernel boot ID, the PID namespace, the process ID and its start time: on
+//! the same host a holder is stale when the boot ID changed or, in the same PID namespace,
+//! the process is gone (a reused PID has another start time). Within one process a registry of live tokens answers exactly. Holders on
 //! other hosts are never judged from here: that host's next writer removes its own stale
 //! markers, and an operator can remove a marker of a host that is gone for good.
 
@@ -39,6 +39,8 @@ pub struct Holder {
     pub pid: u32,
     /// The process start time in clock ticks since boot (field 22 of /proc/PID/stat).
     pub start_ticks: u64,
+    /// The PID namespace (`/proc/self/ns/pid`): PIDs mean nothing across namespaces.
+    pub pid_ns: String,
     /// For the operator only; never compared.
     pub created: String,
 }
@@ -63,6 +65,12 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
+fn pid_ns() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
 fn start_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: fields after the last ')'.
@@ -80,20 +88,34 @@ impl Holder {
             boot_id: boot_id(),
             pid,
             start_ticks: start_ticks(pid).unwrap_or(0),
+            pid_ns: pid_ns(),
             created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         }
     }
 
-    /// Judges the holder of `token` from this host.
+    /// Judges the holder of `token` from this host. Anything this host cannot observe
+    /// (another host, another PID namespace, no /proc) is Unknown, never Dead: a wrong
+    /// "dead" could let a prune delete what a running writer is about to use.
     pub fn liveness(&self, token: &str) -> Liveness {
-        if self.hostname != crate::backup::hostname() {
+        let my_boot = boot_id();
+        if self.hostname != crate::backup::hostname()
+            || self.boot_id.is_empty()
+            || my_boot.is_empty()
+        {
             return Liveness::Unknown;
         }
-        if self.boot_id != boot_id() {
+        if self.boot_id != my_boot {
             return Liveness::Dead;
         }
-        if start_ticks(self.pid) != Some(self.start_ticks) {
-            return Liveness::Dead;
+        if self.start_ticks == 0 || self.pid_ns.is_empty() || self.pid_ns != pid_ns() {
+            return Liveness::Unknown;
+        }
+        match start_ticks(self.pid) {
+            Some(t) if t != self.start_ticks => return Liveness::Dead,
+            // Without root, /proc may hide other users' processes (hidepid).
+            None if !nix::unistd::geteuid().is_root() => return Liveness::Unknown,
+            None => return Liveness::Dead,
+            Some(_) => {}
         }
         if self.pid == std::process::id() {
             return if live_tokens().lock().unwrap().contains(token) {

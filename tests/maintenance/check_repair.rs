@@ -333,3 +333,42 @@ fn partial_data_checks_rotate_over_every_pack() {
     );
     assert!(runs >= 3, "25% at a time takes several runs: {runs}");
 }
+
+#[test]
+fn missing_tree_pack() {
+    let fx = fixture();
+    let mut repo = open(fx.store.clone());
+    let s2 = fx.snaps[1].0;
+    let root = repo.read_snapshot(&s2).unwrap().tree;
+    let pack = repo.index().locate(&root).unwrap().pack.id;
+    fx.store
+        .delete(&hostagent::repo::pack::pack_key(&pack))
+        .unwrap();
+
+    let r = check_all(&mut repo, false);
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.damaged_snapshots.len(), 1);
+    assert_eq!(r.damaged_snapshots[0].id, s2);
+    let d = &r.damaged_snapshots[0].damage;
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].path, "/");
+    assert!(d[0].reason.contains("directory listing"), "{}", d[0].reason);
+
+    // Nothing of that snapshot can be found without its root: it is removed, loudly.
+    repair_index(&mut repo, &RepairOptions::default()).unwrap();
+    let r = repair_snapshots(&repo, &RepairOptions::default()).unwrap();
+    assert!(r.rewritten.is_empty());
+    assert_eq!(r.removed.len(), 1);
+    assert_eq!(r.removed[0].0, s2);
+    assert!(
+        r.removed[0].1.contains("nothing of it can be restored"),
+        "{}",
+        r.removed[0].1
+    );
+    let mut repo = open(fx.store.clone());
+    assert!(check_all(&mut repo, true).is_ok());
+    for i in [0, 2] {
+        let (id, src, files) = &fx.snaps[i];
+        assert_eq!(&restored(&repo, id, src), files);
+    }
+}

@@ -34,7 +34,6 @@ fn forget_prune_check_delete_and_keys_from_the_command_line() {
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
     assert!(agentctl(&repo, &pw, &["repo", "init"]).status.success());
-    // Make init's default Argon2 cost irrelevant for speed: it is paid once per command.
     for i in 0..3 {
         std::fs::write(src.join(format!("f{i}")), crate::util::bytes(i, 200_000)).unwrap();
         let o = agentctl(

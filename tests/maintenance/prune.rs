@@ -313,3 +313,47 @@ fn assert_structure_clean(repo: &mut Repository, budget: u64) {
         r.damaged_snapshots
     );
 }
+
+#[test]
+fn liveness_is_judged_only_where_it_can_be_observed() {
+    use hostagent::maintenance::session::{Holder, Liveness};
+    let store = memory();
+    let mut repo = init(store.clone());
+    let session = WriteSession::begin(&mut repo, "backup").unwrap();
+    let (_, token, holder) = session::list_holders(&repo, session::WRITERS_PREFIX)
+        .unwrap()
+        .remove(0);
+    let me = holder.unwrap();
+    assert_eq!(me.liveness(&token), Liveness::Alive);
+    // Another host: never judged from here.
+    let other_host = Holder {
+        hostname: "elsewhere".into(),
+        ..me.clone()
+    };
+    assert_eq!(other_host.liveness(&token), Liveness::Unknown);
+    // Another boot of this host: the process cannot have survived.
+    let rebooted = Holder {
+        boot_id: "00000000-0000-0000-0000-000000000000".into(),
+        ..me.clone()
+    };
+    assert_eq!(rebooted.liveness(&token), Liveness::Dead);
+    // A process that exited (its PID, if reused, has another start time).
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let exited = Holder { pid, ..me.clone() };
+    assert_eq!(exited.liveness("x"), Liveness::Dead);
+    // Another PID namespace: PIDs there mean nothing here.
+    let contained = Holder {
+        pid_ns: "pid:[1]".into(),
+        pid,
+        ..me.clone()
+    };
+    assert_eq!(contained.liveness("x"), Liveness::Unknown);
+    session.finish().unwrap();
+    assert_eq!(
+        me.liveness(&token),
+        Liveness::Dead,
+        "this process no longer holds the token"
+    );
+}

@@ -212,3 +212,19 @@ fn keep_tag_keeps_tagged_snapshots() {
             .all(|d| d.keep && d.reasons == ["has tag release"])
     );
 }
+
+#[test]
+fn ttl_parses_units_and_refuses_nonsense() {
+    use hostagent::maintenance::retention::parse_ttl;
+    assert_eq!(parse_ttl("90m").unwrap(), Duration::minutes(90));
+    assert_eq!(parse_ttl("72h").unwrap(), Duration::hours(72));
+    assert_eq!(parse_ttl("30d").unwrap(), Duration::days(30));
+    assert_eq!(parse_ttl("2w").unwrap(), Duration::weeks(2));
+    for bad in ["", "h", "0d", "-1d", "3y", "1.5d"] {
+        let e = parse_ttl(bad).unwrap_err();
+        assert!(
+            e.message().contains("like 90m, 72h, 30d or 2w"),
+            "{bad}: {e}"
+        );
+    }
+}
