@@ -368,3 +368,82 @@ fn deep_trees_do_not_depend_on_the_callers_stack() {
     });
     assert_same_tree(&src, &util::restored(&out, &src));
 }
+
+/// Offsets past 4 GiB: a sparse file with data beyond the 32-bit range keeps its data in
+/// place and its holes as holes.
+#[test]
+fn data_beyond_four_gib_keeps_its_offset() {
+    use std::os::unix::fs::FileExt;
+    let tmp = util::tempdir();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let at = (4u64 << 30) + 12_345;
+    let data = fixture::pseudo_random(77, 8192);
+    let f = fs::File::create(src.join("far")).unwrap();
+    f.set_len(at + 100_000).unwrap();
+    f.write_all_at(&data, at).unwrap();
+    drop(f);
+    let mut repo = util::init_repo(&tmp.path().join("repo"));
+    let snap = util::snapshot(&mut repo, &[&src]).snapshot;
+    assert!(snap.stats.bytes_read < 1 << 20, "{:?}", snap.stats);
+    let out = tmp.path().join("out");
+    assert_eq!(util::restore_to(&repo, &snap, &out).error_count, 0);
+
+    let restored = fs::File::open(util::restored(&out, &src.join("far"))).unwrap();
+    let m = restored.metadata().unwrap();
+    assert_eq!(m.len(), at + 100_000);
+    assert!(
+        m.blocks() * 512 < 1 << 20,
+        "{} bytes allocated",
+        m.blocks() * 512
+    );
+    let mut back = vec![0u8; data.len() + 20];
+    restored.read_exact_at(&mut back, at - 10).unwrap();
+    assert_eq!(&back[..10], &[0; 10]);
+    assert_eq!(&back[10..10 + data.len()], &data[..]);
+    assert_eq!(&back[10 + data.len()..], &[0; 10]);
+}
+
+/// Nodes back up into one repository at the same time: both snapshots are complete and
+/// restore exactly, and content they share is usable by both.
+#[test]
+fn two_backups_at_once_into_one_repository() {
+    let tmp = util::tempdir();
+    let repo_dir = tmp.path().join("repo");
+    util::init_repo(&repo_dir);
+    let shared = fixture::pseudo_random(8, 3 << 20);
+    let trees: Vec<_> = (0..2u64)
+        .map(|i| {
+            let src = tmp.path().join(format!("src{i}"));
+            fs::create_dir_all(src.join("d")).unwrap();
+            fs::write(src.join("shared.bin"), &shared).unwrap();
+            fs::write(
+                src.join("d/own.bin"),
+                fixture::pseudo_random(20 + i, 2 << 20),
+            )
+            .unwrap();
+            src
+        })
+        .collect();
+    let snaps: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = trees
+            .iter()
+            .map(|src| {
+                let repo_dir = &repo_dir;
+                s.spawn(move || util::snapshot(&mut util::open_repo(repo_dir), &[src]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let repo = util::open_repo(&repo_dir);
+    assert_eq!(repo.list_snapshots().unwrap().len(), 2);
+    for (src, report) in trees.iter().zip(&snaps) {
+        assert_eq!(report.snapshot.status, SnapshotStatus::Completed);
+        let out = tmp.path().join(format!("out-{}", report.id.short()));
+        assert_eq!(
+            util::restore_to(&repo, &report.snapshot, &out).error_count,
+            0
+        );
+        assert_same_tree(src, &util::restored(&out, src));
+    }
+}
