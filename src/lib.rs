@@ -19,3 +19,5 @@ pub mod service;
 pub mod store;
 
 pub use error::{Error, Kind, Result};
+
+mod stack;

@@ -221,6 +221,10 @@ pub fn absolute(path: &Path) -> Result<PathBuf> {
 /// Takes a snapshot of `opts.paths` into `repo`. What it stored is added to `repo`'s
 /// in-memory index, so the same handle can restore it at once.
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupReport> {
+    crate::stack::with_deep_stack(|| backup_on_this_thread(repo, opts))
+}
+
+fn backup_on_this_thread(repo: &Repository, opts: &BackupOptions) -> Result<BackupReport> {
     let started = std::time::Instant::now();
     let time = chrono::Utc::now();
     if opts.paths.is_empty() {

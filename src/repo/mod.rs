@@ -75,6 +75,26 @@ impl Repository {
         password: &[u8],
         opts: InitOptions,
     ) -> Result<Repository> {
+        Self::init_with_keys(store, password, opts, Keys::generate())
+    }
+
+    /// [`Repository::init`] with a chosen master key: for golden test vectors only.
+    #[doc(hidden)]
+    pub fn init_with_master_key(
+        store: Arc<dyn ObjectStore>,
+        password: &[u8],
+        opts: InitOptions,
+        master: [u8; 32],
+    ) -> Result<Repository> {
+        Self::init_with_keys(store, password, opts, Keys::from_master(master))
+    }
+
+    fn init_with_keys(
+        store: Arc<dyn ObjectStore>,
+        password: &[u8],
+        opts: InitOptions,
+        keys: Keys,
+    ) -> Result<Repository> {
         match store.get(config::CONFIG_KEY) {
             Ok(_) => {
                 return Err(Error::new(
@@ -100,7 +120,6 @@ impl Repository {
         }
         // Validate what we are about to write with the same checks a reader applies.
         Config::parse(&config.to_bytes(), &store.location())?;
-        let keys = Keys::generate();
         let slot = KeySlot::create(&keys, password, opts.kdf, &config.id, "initial")?;
         let slot_id = Id::of_stored(&slot.to_bytes());
         store

@@ -143,6 +143,14 @@ pub fn restore(
     snapshot: &Snapshot,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
+    crate::stack::with_deep_stack(|| restore_on_this_thread(repo, snapshot, opts))
+}
+
+fn restore_on_this_thread(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
     let includes = include_components(&opts.includes)?;
     check_includes(repo, &snapshot.tree, &includes, &opts.includes)?;
     let snapshot_paths =
