@@ -12,7 +12,7 @@ mkdir -p "$CARGO_TARGET_DIR"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "system packages"
-packages=(acl attr libcap2-bin debootstrap systemd-container util-linux python3-pip)
+packages=(acl attr libcap2-bin debootstrap systemd-container util-linux python3-pip openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -29,6 +29,11 @@ fi
 step "python gRPC client (the API tests drive agentd with grpcio too)"
 python3 -c "import grpc, grpc_tools" 2>/dev/null || python3 -m pip install --quiet grpcio grpcio-tools \
   || python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools
+
+step "Garage, the S3 server the S3 tests run against (built once, then reused)"
+if ! command -v garage >/dev/null && [ ! -x "$HOME/.cargo/bin/garage" ]; then
+  cargo install --locked garage
+fi
 
 step "lab node image (debootstrap, cached)"
 tests/lab/lab.sh build
