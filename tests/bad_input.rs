@@ -42,8 +42,8 @@ impl Damaged {
             ..Default::default()
         };
         let store = Arc::new(LocalStore::new(&repo_dir));
-        let mut repo = Repository::init(store, util::PASSWORD, opts).unwrap();
-        let snap = util::snapshot(&mut repo, &[&src]).snapshot;
+        let repo = Repository::init(store, util::PASSWORD, opts).unwrap();
+        let snap = util::snapshot(&repo, &[&src]).snapshot;
         assert_eq!(snap.status, SnapshotStatus::Completed);
         Damaged {
             tmp,
@@ -71,7 +71,8 @@ impl Damaged {
             if let NodeKind::File { extents } = &node.kind {
                 for e in extents {
                     if let Extent::Data { id, .. } = e {
-                        let loc = self.repo.index().locate(id).unwrap();
+                        let index = self.repo.index();
+                        let loc = index.locate(id).unwrap();
                         if hit(&loc.pack.id, loc.offset, loc.stored_len) {
                             out.insert(path.clone());
                         }
@@ -202,7 +203,8 @@ fn flipped_bit_in_a_data_blob_is_never_restored() {
     let hostagent::repo::tree::Extent::Data { id, .. } = &extents[0] else {
         panic!("a hole")
     };
-    let loc = d.repo.index().locate(id).unwrap();
+    let index = d.repo.index();
+    let loc = index.locate(id).unwrap();
     let (pack, at) = (loc.pack.id, loc.offset as u64 + loc.stored_len as u64 / 2);
     flip_bit(&d.pack_file(&pack), at);
     let affected =
@@ -286,7 +288,8 @@ fn flipped_bit_in_a_tree_is_never_restored() {
         .1
         .subtree()
         .unwrap();
-    let loc = d.repo.index().locate(&tree).unwrap();
+    let index = d.repo.index();
+    let loc = index.locate(&tree).unwrap();
     flip_bit(&d.pack_file(&loc.pack.id), loc.offset as u64 + 3);
 
     let (out, report) = d.restore("out");
@@ -304,7 +307,7 @@ fn flipped_bit_in_a_tree_is_never_restored() {
     );
 
     // Damage to the root tree stops the restore before anything is written.
-    let loc = d.repo.index().locate(&d.snap.tree).unwrap();
+    let loc = index.locate(&d.snap.tree).unwrap();
     flip_bit(&d.pack_file(&loc.pack.id), loc.offset as u64 + 3);
     let out = d.tmp.path().join("out-root");
     let err =
@@ -340,8 +343,8 @@ fn full_file_system_during_restore_leaves_no_partial_file() {
     fs::create_dir(&src).unwrap();
     fs::write(src.join("big"), fixture::pseudo_random(1, 4 << 20)).unwrap();
     fs::write(src.join("small"), b"fits\n").unwrap();
-    let mut repo = util::init_repo(&tmp.path().join("repo"));
-    let snap = util::snapshot(&mut repo, &[&src]).snapshot;
+    let repo = util::init_repo(&tmp.path().join("repo"));
+    let snap = util::snapshot(&repo, &[&src]).snapshot;
 
     let full = util::Tmpfs::mount(&tmp.path().join("full"), "2m");
     let mut opts = util::restore_options(&full.path, &[], false);
@@ -366,8 +369,8 @@ fn include_with_dot_dot_is_refused() {
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();
-    let mut repo = util::init_repo(&tmp.path().join("repo"));
-    let snap = util::snapshot(&mut repo, &[&src]).snapshot;
+    let repo = util::init_repo(&tmp.path().join("repo"));
+    let snap = util::snapshot(&repo, &[&src]).snapshot;
     let out = tmp.path().join("out");
     let include = format!("{}/../src", src.display());
     let err = restore::restore(
@@ -390,8 +393,8 @@ fn include_of_a_path_the_snapshot_lacks_is_refused() {
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();
-    let mut repo = util::init_repo(&tmp.path().join("repo"));
-    let snap = util::snapshot(&mut repo, &[&src]).snapshot;
+    let repo = util::init_repo(&tmp.path().join("repo"));
+    let snap = util::snapshot(&repo, &[&src]).snapshot;
     let out = tmp.path().join("out");
     let typo = src.join("no-such-file");
     let err = restore::restore(

@@ -48,13 +48,12 @@ fn no_name_or_content_of_the_source_appears_in_the_repository() {
     symlink("/QxMarkerSymlinkTarget/x", src.join("link")).unwrap();
 
     let repo_dir = tmp.path().join("repo");
-    let mut repo = util::init_repo(&repo_dir);
+    let repo = util::init_repo(&repo_dir);
     let mut opts = util::backup_options(&[&src]);
     opts.hostname = "QxMarkerHostName".into();
     opts.tags = vec!["QxMarkerTag".into()];
     let report = backup::backup(&repo, &opts).unwrap();
     assert_eq!(report.snapshot.stats.errors, 0);
-    repo.reload_index().unwrap();
 
     let files = util::repo_files(&repo_dir);
     let total: usize = files.values().map(Vec::len).sum();

@@ -367,7 +367,7 @@ fn fastcdc_cut_points() {
     let data = pseudo_random(2026, 20 << 20);
     let file = tmp.path().join("data");
     std::fs::write(&file, &data).unwrap();
-    let mut repo = Repository::init_with_master_key(
+    let repo = Repository::init_with_master_key(
         Arc::new(MemoryStore::new()),
         util::PASSWORD,
         util::fast_init(),
@@ -380,7 +380,7 @@ fn fastcdc_cut_points() {
         config::Config::new([0; 16]).chunker,
         "not the default parameters"
     );
-    let snap = util::snapshot(&mut repo, &[&file]).snapshot;
+    let snap = util::snapshot(&repo, &[&file]).snapshot;
     let (_, node) = util::snapshot_nodes(&repo, &snap.tree)
         .into_iter()
         .find(|(p, _)| *p == file)

@@ -37,7 +37,7 @@ impl Setup {
     }
 
     fn snapshot_of(&mut self, nodes: Vec<hostagent::repo::Node>) -> Snapshot {
-        let root = craft::write_tree(&mut self.repo, &Tree { nodes });
+        let root = craft::write_tree(&self.repo, &Tree { nodes });
         craft::write_snapshot(&self.repo, root, &["/"])
     }
 
@@ -81,7 +81,7 @@ fn bad_names() -> Vec<&'static [u8]> {
 fn entries_that_are_not_single_names_are_refused_at_the_root() {
     for name in bad_names() {
         let mut s = Setup::new();
-        let file = craft::file_node(&mut s.repo, name, b"escaped!");
+        let file = craft::file_node(&s.repo, name, b"escaped!");
         let snap = s.snapshot_of(vec![file]);
         let err = s.restore(&snap).unwrap_err();
         assert_eq!(err.kind(), Kind::Hostile, "{name:?}: {err}");
@@ -99,9 +99,9 @@ fn entries_that_are_not_single_names_are_refused_at_the_root() {
 fn entries_that_are_not_single_names_are_refused_below_the_root() {
     for name in bad_names() {
         let mut s = Setup::new();
-        let bad = craft::file_node(&mut s.repo, name, b"escaped!");
-        let dir = craft::dir_node(&mut s.repo, b"dir", vec![bad]);
-        let good = craft::file_node(&mut s.repo, b"good", b"kept");
+        let bad = craft::file_node(&s.repo, name, b"escaped!");
+        let dir = craft::dir_node(&s.repo, b"dir", vec![bad]);
+        let good = craft::file_node(&s.repo, b"good", b"kept");
         let snap = s.snapshot_of(vec![dir, good]);
         let report = s.restore(&snap).unwrap();
         assert_eq!(report.error_count, 1, "{:?}", report.errors);
@@ -123,8 +123,8 @@ fn entries_that_are_not_single_names_are_refused_below_the_root() {
 fn duplicate_names_are_refused() {
     let mut s = Setup::new();
     let link = craft::symlink_node(b"x", s.outside.as_os_str().as_encoded_bytes());
-    let f = craft::file_node(&mut s.repo, b"f", b"through the symlink");
-    let dir = craft::dir_node(&mut s.repo, b"x", vec![f]);
+    let f = craft::file_node(&s.repo, b"f", b"through the symlink");
+    let dir = craft::dir_node(&s.repo, b"x", vec![f]);
     let snap = s.snapshot_of(vec![link, dir]);
     let err = s.restore(&snap).unwrap_err();
     assert_eq!(err.kind(), Kind::Hostile, "{err}");
@@ -136,8 +136,8 @@ fn duplicate_names_are_refused() {
 
     // Out of order is refused the same way: lookups by binary search would miss entries.
     let mut s = Setup::new();
-    let a = craft::file_node(&mut s.repo, b"b", b"1");
-    let b = craft::file_node(&mut s.repo, b"a", b"2");
+    let a = craft::file_node(&s.repo, b"b", b"1");
+    let b = craft::file_node(&s.repo, b"a", b"2");
     let snap = s.snapshot_of(vec![a, b]);
     let err = s.restore(&snap).unwrap_err();
     assert!(
@@ -156,8 +156,8 @@ fn symlink_left_in_the_target_is_not_followed() {
     assert_eq!(s.restore(&first).unwrap().error_count, 0);
     assert_eq!(fs::read_link(s.target.join("x")).unwrap(), s.outside);
 
-    let f = craft::file_node(&mut s.repo, b"f", b"inside the target");
-    let dir = craft::dir_node(&mut s.repo, b"x", vec![f]);
+    let f = craft::file_node(&s.repo, b"f", b"inside the target");
+    let dir = craft::dir_node(&s.repo, b"x", vec![f]);
     let second = s.snapshot_of(vec![dir]);
     let report = s.restore(&second).unwrap();
     assert_eq!(report.error_count, 0, "{:?}", report.errors);
@@ -174,9 +174,9 @@ fn symlink_left_in_the_target_is_not_followed() {
 #[test]
 fn impossible_file_size_leaves_nothing_behind() {
     let mut s = Setup::new();
-    let mut huge = craft::file_node(&mut s.repo, b"huge", b"data");
+    let mut huge = craft::file_node(&s.repo, b"huge", b"data");
     huge.size = 1 << 62;
-    let good = craft::file_node(&mut s.repo, b"ok", b"fine");
+    let good = craft::file_node(&s.repo, b"ok", b"fine");
     let snap = s.snapshot_of(vec![huge, good]);
     let report = s.restore(&snap).unwrap();
     assert_eq!(report.error_count, 1, "{:?}", report.errors);

@@ -48,9 +48,9 @@ fn unchanged_files_are_not_read_and_cost_no_pack() {
     let tmp = util::tempdir();
     let repo_dir = tmp.path().join("repo");
     util::init_repo(&repo_dir);
-    let (mut repo, counting) = util::open_counting(&repo_dir);
+    let (repo, counting) = util::open_counting(&repo_dir);
 
-    let first = util::snapshot(&mut repo, &[src]);
+    let first = util::snapshot(&repo, &[src]);
     let s1 = &first.snapshot.stats;
     assert_eq!(first.snapshot.status, SnapshotStatus::Completed);
     assert_eq!(s1.files_new, s1.files);
@@ -59,7 +59,7 @@ fn unchanged_files_are_not_read_and_cost_no_pack() {
     assert!(counting.counters().puts_under("packs") >= 2);
 
     counting.reset();
-    let second = util::snapshot(&mut repo, &[src]);
+    let second = util::snapshot(&repo, &[src]);
     let s2 = &second.snapshot.stats;
     let c = counting.counters();
     assert_eq!(c.puts_under("packs"), 0, "{c:?}");
@@ -89,7 +89,7 @@ fn unchanged_files_are_not_read_and_cost_no_pack() {
     assert_eq!(fs::metadata(&same_size).unwrap().len(), before.len());
 
     counting.reset();
-    let third = util::snapshot(&mut repo, &[src]);
+    let third = util::snapshot(&repo, &[src]);
     let s3 = &third.snapshot.stats;
     assert_eq!(s3.files_changed, 2, "{s3:?}");
     assert_eq!(s3.files_unmodified, s3.files - 2, "{s3:?}");

@@ -123,7 +123,8 @@ fn assert_index_packs_exist(repo: &Repository) {
         .into_iter()
         .map(|o| o.key)
         .collect();
-    let packs = repo.index().packs();
+    let index = repo.index();
+    let packs = index.packs();
     assert!(!packs.is_empty());
     for p in packs {
         let key = hostagent::repo::pack::pack_key(&p.id);

@@ -590,6 +590,7 @@ fn new_password(a: &KeyNewArgs) -> Result<zeroize::Zeroizing<Vec<u8>>> {
         json: false,
         quiet: true,
         socket: Default::default(),
+        s3: Default::default(),
     };
     if a.new_password_file.is_none() && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(Error::invalid(

@@ -176,9 +176,6 @@ pub struct SnapshotArgs {
     /// With agentd: wait for the snapshot to finish, showing progress.
     #[arg(long)]
     pub wait: bool,
-    /// With agentd: retention of the snapshot ("720h").
-    #[arg(long)]
-    pub ttl: Option<String>,
     /// With agentd: a retry with the same ID returns the same operation.
     #[arg(long)]
     pub request_id: Option<String>,
@@ -201,7 +198,8 @@ pub struct SnapshotArgs {
     /// Read every file, ignoring the previous snapshot.
     #[arg(long)]
     pub force: bool,
-    /// How long to keep the snapshot (90m, 72h, 30d, 2w); `agentctl forget` removes it after.
+    /// How long to keep the snapshot (90m, 72h, 30d, 2w); `agentctl forget` removes it after
+    /// (with agentd too).
     #[arg(long)]
     pub ttl: Option<String>,
 }

@@ -243,7 +243,8 @@ fn corrupt_blob() {
     let mut repo = open(fx.store.clone());
     let (s1, one, _) = &fx.snaps[0];
     let blob = first_blob(&repo, s1, one, "b");
-    let loc = repo.index().locate(&blob).unwrap();
+    let index = repo.index();
+    let loc = index.locate(&blob).unwrap();
     let (pack, offset) = (loc.pack.id, loc.offset);
     let one_blob: HashSet<Id> = [blob].into();
     // b is in both snapshots of directory one.

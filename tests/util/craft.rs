@@ -10,7 +10,7 @@ use hostagent::repo::tree::{Extent, Timestamp};
 use hostagent::repo::{BlobKind, Id, Node, NodeKind, Repository, Snapshot, SnapshotStatus, Tree};
 
 /// Stores blobs of one kind in a new pack, indexes it, and reloads the index.
-pub fn write_blobs(repo: &mut Repository, kind: BlobKind, blobs: &[Vec<u8>]) -> Vec<Id> {
+pub fn write_blobs(repo: &Repository, kind: BlobKind, blobs: &[Vec<u8>]) -> Vec<Id> {
     let mut encoder = BlobEncoder::new(repo.config().compression.level).unwrap();
     let mut writer = PackWriter::create(repo.keys(), kind, repo.spool_dir()).unwrap();
     let mut scratch = Vec::new();
@@ -29,7 +29,7 @@ pub fn write_blobs(repo: &mut Repository, kind: BlobKind, blobs: &[Vec<u8>]) -> 
 }
 
 /// Encodes a tree as it is, without the checks a decoder applies, and stores it.
-pub fn write_tree(repo: &mut Repository, tree: &Tree) -> Id {
+pub fn write_tree(repo: &Repository, tree: &Tree) -> Id {
     write_blobs(repo, BlobKind::Tree, &[tree.encode()])[0]
 }
 
@@ -77,7 +77,7 @@ pub fn node(name: &[u8], kind: NodeKind) -> Node {
 }
 
 /// A regular file node whose content is stored as one data blob.
-pub fn file_node(repo: &mut Repository, name: &[u8], content: &[u8]) -> Node {
+pub fn file_node(repo: &Repository, name: &[u8], content: &[u8]) -> Node {
     let id = write_blobs(repo, BlobKind::Data, &[content.to_vec()])[0];
     let mut n = node(
         name,
@@ -92,7 +92,7 @@ pub fn file_node(repo: &mut Repository, name: &[u8], content: &[u8]) -> Node {
     n
 }
 
-pub fn dir_node(repo: &mut Repository, name: &[u8], nodes: Vec<Node>) -> Node {
+pub fn dir_node(repo: &Repository, name: &[u8], nodes: Vec<Node>) -> Node {
     let tree = write_tree(repo, &Tree { nodes });
     let mut n = node(name, NodeKind::Dir { tree });
     n.mode = 0o755;

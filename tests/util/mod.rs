@@ -77,19 +77,14 @@ pub fn backup_options(paths: &[&Path]) -> BackupOptions {
     opts
 }
 
-/// Takes a snapshot and reloads the index, so the same handle can read what it wrote.
-pub fn snapshot(repo: &mut Repository, paths: &[&Path]) -> BackupReport {
-    let report = backup::backup(repo, &backup_options(paths)).unwrap();
-    repo.reload_index().unwrap();
-    report
+pub fn snapshot(repo: &Repository, paths: &[&Path]) -> BackupReport {
+    backup::backup(repo, &backup_options(paths)).unwrap()
 }
 
-pub fn snapshot_from_scratch(repo: &mut Repository, paths: &[&Path]) -> BackupReport {
+pub fn snapshot_from_scratch(repo: &Repository, paths: &[&Path]) -> BackupReport {
     let mut opts = backup_options(paths);
     opts.parent = ParentChoice::None;
-    let report = backup::backup(repo, &opts).unwrap();
-    repo.reload_index().unwrap();
-    report
+    backup::backup(repo, &opts).unwrap()
 }
 
 pub fn restore_options(target: &Path, includes: &[&str], delete: bool) -> RestoreOptions {
