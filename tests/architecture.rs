@@ -1,6 +1,8 @@
 //! The layering the code map promises: the engine (store, repo, backup, restore and their
 //! helpers) uses neither the daemon, the API, the command line, nor the async stack. The
-//! daemon and the CLI depend on the engine, never the other way round.
+//! daemon and the CLI depend on the engine, never the other way round. One exception, by
+//! design: the S3 store drives the async AWS SDK on a runtime of its own, behind the blocking
+//! `ObjectStore` trait, so it may name tokio (and only tokio).
 
 use std::path::Path;
 
@@ -12,6 +14,9 @@ const ENGINE: &[&str] = &[
     "src/progress.rs",
     "src/fsmeta.rs",
     "src/error.rs",
+    "src/node_restore",
+    "src/service",
+    "src/maintenance",
 ];
 
 const FORBIDDEN: &[&str] = &[
@@ -48,7 +53,8 @@ fn the_engine_imports_neither_the_daemon_nor_the_async_stack() {
         for (n, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or("");
             for word in FORBIDDEN {
-                if code.contains(word) {
+                let s3_runtime = *word == "tokio" && f.starts_with(root.join("src/store/s3"));
+                if code.contains(word) && !s3_runtime {
                     offences.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
                 }
             }
