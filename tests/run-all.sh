@@ -45,4 +45,4 @@ step "clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 
 step "tests"
-cargo test --quiet 2>&1 | tee "$CARGO_TARGET_DIR/test.log"
+cargo test --quiet --no-fail-fast 2>&1 | tee "$CARGO_TARGET_DIR/test.log"
