@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Progress {
     pub files_seen: AtomicU64,
     pub bytes_seen: AtomicU64,
@@ -17,6 +17,20 @@ pub struct Progress {
     cancelled: AtomicBool,
     /// The step an operation of several steps is in ("stop units", "restore", ...).
     step: std::sync::Mutex<String>,
+    /// Told of every step change (the daemon records it and wakes watchers).
+    on_step: std::sync::Mutex<Option<StepObserver>>,
+}
+
+type StepObserver = Box<dyn Fn(&str) + Send + Sync>;
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("counters", &self.snapshot())
+            .field("step", &self.step())
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
 }
 
 /// A copy of the counters at one moment.
@@ -50,6 +64,14 @@ impl Progress {
 
     pub fn set_step(&self, step: &str) {
         *self.step.lock().unwrap() = step.to_string();
+        if let Some(f) = self.on_step.lock().unwrap().as_ref() {
+            f(step);
+        }
+    }
+
+    /// Calls `f` with each new step from now on.
+    pub fn observe_steps(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        *self.on_step.lock().unwrap() = Some(Box::new(f));
     }
 
     pub fn step(&self) -> String {

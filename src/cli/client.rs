@@ -112,10 +112,26 @@ async fn dispatch(cli: &Cli) -> Result<ExitCode, ClientError> {
                  chosen paths directly, pass --repo DIR",
             ));
         }
+        Command::NodeRestore(a)
+            if a.recover
+                || !a.units.is_empty()
+                || !a.post_exec.is_empty()
+                || a.no_post_steps
+                || a.post_timeout.is_some()
+                || a.unit_timeout.is_some()
+                || a.state_dir.is_some()
+                || a.systemd_address.is_some() =>
+        {
+            return Err(usage(
+                "with the daemon, units, post-restore steps and their timeouts come from \
+                 agentd's configuration ([node_restore] in agentd.toml), and agentd starts \
+                 units an interrupted restore left stopped when it starts; to choose them \
+                 here, run the restore directly with --repo DIR",
+            ));
+        }
         Command::Repo(_)
         | Command::Ls(_)
         | Command::Diff(_)
-        | Command::NodeRestore(_)
         | Command::Forget(_)
         | Command::Prune(_)
         | Command::Check(_)
@@ -131,8 +147,7 @@ async fn dispatch(cli: &Cli) -> Result<ExitCode, ClientError> {
     }
     let mut client = connect(g.socket.clone()).await?;
     match &cli.command {
-        Command::NodeRestore(_)
-        | Command::Forget(_)
+        Command::Forget(_)
         | Command::Prune(_)
         | Command::Check(_)
         | Command::Repair(_)
@@ -164,6 +179,26 @@ async fn dispatch(cli: &Cli) -> Result<ExitCode, ClientError> {
                 .await?
                 .into_inner();
             started(cli, client, op, a.wait).await
+        }
+        Command::NodeRestore(a) => {
+            let op = client
+                .start_node_restore(api::StartNodeRestoreRequest {
+                    request_id: a.request_id.clone().unwrap_or_default(),
+                    snapshot: a.snapshot.clone().unwrap_or_else(|| "latest".into()),
+                    target: a.target.display().to_string(),
+                    source_host: a.source_host.clone().unwrap_or_default(),
+                    source_path: a
+                        .source_path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    include: a.includes.iter().map(|p| p.display().to_string()).collect(),
+                    dry_run: a.dry_run,
+                    skip_safety_snapshot: a.no_safety_snapshot,
+                })
+                .await?
+                .into_inner();
+            started(cli, client, op, !a.no_wait).await
         }
         Command::Watch(a) => watch(cli, &mut client, &a.operation).await,
         Command::Cancel(a) => {
@@ -367,8 +402,21 @@ async fn watch(
         bar.set_prefix(id.to_string());
         bar
     });
-    let mut last = None;
+    let mut last: Option<api::Operation> = None;
+    let mut steps_shown = 0;
     while let Some(op) = stream.message().await? {
+        // A node restore's steps are what its operator follows; the record lists them all,
+        // so none is missed however late this wakes.
+        if let Some(n) = op.node_restore.as_ref().filter(|_| !g.json && !g.quiet) {
+            for step in n.steps.iter().skip(steps_shown) {
+                let line = format!("{} {step}", chrono::Local::now().format("%H:%M:%S"));
+                match &bar {
+                    Some(bar) => bar.println(line),
+                    None => println!("{line}"),
+                }
+            }
+            steps_shown = steps_shown.max(n.steps.len());
+        }
         if let (Some(bar), Some(p)) = (&bar, &op.progress) {
             bar.set_length(p.bytes_total);
             bar.set_position(p.bytes_done);
@@ -407,6 +455,9 @@ async fn watch(
         for e in &op.errors {
             eprintln!("error: {}: {}", e.path, e.error);
         }
+        if let Some(n) = &op.node_restore {
+            print_node_restore(n);
+        }
     }
     Ok(ExitCode::from(match api::Phase::try_from(op.phase) {
         Ok(api::Phase::Completed) => 0,
@@ -414,6 +465,43 @@ async fn watch(
         Ok(api::Phase::Canceled) => 130,
         _ => 1,
     }))
+}
+
+/// What a node restore did, after its one-line outcome.
+fn print_node_restore(n: &api::NodeRestoreResult) {
+    if n.dry_run {
+        for (mark, paths, count) in [
+            ("+", &n.added, n.added_count),
+            ("M", &n.changed, n.changed_count),
+            ("-", &n.removed, n.removed_count),
+        ] {
+            for p in paths {
+                println!("{mark} {p}");
+            }
+            if count > paths.len() as u64 {
+                println!("{mark} ... and {} more", count - paths.len() as u64);
+            }
+        }
+        return;
+    }
+    for s in &n.post_steps {
+        println!(
+            "post-restore step {:?} ({}): {}{}",
+            s.name,
+            s.argv.join(" "),
+            if s.success { "ok, " } else { "FAILED, " },
+            s.status
+        );
+        let out = s.output.trim();
+        if !s.success && !out.is_empty() {
+            for line in out.lines().take(20) {
+                eprintln!("  {line}");
+            }
+        }
+    }
+    if !n.failed_step.is_empty() {
+        eprintln!("failed step: {}", n.failed_step);
+    }
 }
 
 fn short(id: &str) -> String {
@@ -473,6 +561,18 @@ fn op_json(o: &api::Operation) -> Value {
             "continued": h.continued,
         })).collect::<Vec<_>>(),
         "errors": o.errors.iter().map(|e| json!({"path": e.path, "error": e.error})).collect::<Vec<_>>(),
+        "node_restore": o.node_restore.as_ref().map(|n| json!({
+            "failed_step": n.failed_step, "safety_snapshot_id": n.safety_snapshot_id,
+            "stopped_units": n.stopped_units, "started_units": n.started_units,
+            "post_steps": n.post_steps.iter().map(|s| json!({
+                "name": s.name, "argv": s.argv, "success": s.success, "status": s.status,
+                "output": s.output,
+            })).collect::<Vec<_>>(),
+            "steps": n.steps, "dry_run": n.dry_run, "units_to_stop": n.units_to_stop,
+            "added": n.added, "changed": n.changed, "removed": n.removed,
+            "added_count": n.added_count, "changed_count": n.changed_count,
+            "removed_count": n.removed_count,
+        })),
     })
 }
 

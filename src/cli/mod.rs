@@ -269,22 +269,6 @@ pub struct NodeRestoreArgs {
     /// Restore only these directories below the target (repeatable).
     #[arg(long = "include")]
     pub includes: Vec<PathBuf>,
-    /// Units to stop during the restore, if active (repeatable; default autofs.service and
-    /// nfs-server.service).
-    #[arg(long = "unit")]
-    pub units: Vec<String>,
-    /// Post-restore command, run with sh -c (repeatable; default: exportfs -ra).
-    #[arg(long = "post-exec")]
-    pub post_exec: Vec<String>,
-    /// Run no post-restore command.
-    #[arg(long, conflicts_with = "post_exec")]
-    pub no_post_steps: bool,
-    /// Seconds each post-restore command may take.
-    #[arg(long, default_value_t = 60)]
-    pub post_timeout: u64,
-    /// Seconds a unit may take to stop or start.
-    #[arg(long, default_value_t = 90)]
-    pub unit_timeout: u64,
     /// Skip the pre-restore safety snapshot of the current tree.
     #[arg(long)]
     pub no_safety_snapshot: bool,
@@ -292,13 +276,37 @@ pub struct NodeRestoreArgs {
     /// nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Where the record of stopped units is kept.
-    #[arg(long, default_value = "/var/lib/hostagent")]
-    pub state_dir: PathBuf,
-    /// D-Bus address of the systemd manager (default: the system bus).
+    /// With agentd: a retry with the same ID returns the same operation.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// With agentd: print the operation and return instead of following it.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// With --repo: units to stop during the restore, if active (repeatable; default
+    /// autofs.service and nfs-server.service). agentd takes them from [node_restore].
+    #[arg(long = "unit")]
+    pub units: Vec<String>,
+    /// With --repo: post-restore command, run with sh -c (repeatable; default: exportfs
+    /// -ra).
+    #[arg(long = "post-exec")]
+    pub post_exec: Vec<String>,
+    /// With --repo: run no post-restore command.
+    #[arg(long, conflicts_with = "post_exec")]
+    pub no_post_steps: bool,
+    /// With --repo: seconds each post-restore command may take [default: 60].
+    #[arg(long)]
+    pub post_timeout: Option<u64>,
+    /// With --repo: seconds a unit may take to stop or start [default: 90].
+    #[arg(long)]
+    pub unit_timeout: Option<u64>,
+    /// With --repo: where the record of stopped units is kept [default: /var/lib/hostagent].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// With --repo: D-Bus address of the systemd manager (default: the system bus).
     #[arg(long)]
     pub systemd_address: Option<String>,
-    /// Start the units an interrupted node restore left stopped, then exit.
+    /// With --repo: start the units an interrupted node restore left stopped, then exit
+    /// (agentd does this itself when it starts).
     #[arg(long)]
     pub recover: bool,
 }

@@ -1,5 +1,5 @@
-//! `agentctl node-restore`: the node restore run directly (without the daemon), for
-//! administrators and drills.
+//! `agentctl --repo DIR node-restore`: the node restore run directly (without the daemon),
+//! for administrators and drills. Without `--repo`, agentd runs it (`client.rs`).
 
 use super::commands::open;
 use super::{Global, NodeRestoreArgs};
@@ -14,9 +14,14 @@ pub fn run(g: &Global, a: &NodeRestoreArgs) -> Result<ExitCode> {
         Some(addr) => Systemd::at_address(addr)?,
         None => Systemd::system()?,
     };
-    let unit_timeout = Duration::from_secs(a.unit_timeout);
+    let unit_timeout = Duration::from_secs(a.unit_timeout.unwrap_or(90));
+    let post_timeout = Duration::from_secs(a.post_timeout.unwrap_or(60));
+    let state_dir = a
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| "/var/lib/hostagent".into());
     if a.recover {
-        let started = node_restore::state::recover(&a.state_dir, &systemd, unit_timeout)?;
+        let started = node_restore::state::recover(&state_dir, &systemd, unit_timeout)?;
         if g.json {
             println!("{}", serde_json::json!({ "started_units": started }));
         } else if started.is_empty() {
@@ -28,7 +33,7 @@ pub fn run(g: &Global, a: &NodeRestoreArgs) -> Result<ExitCode> {
     }
     let repo = open(g)?;
     let snapshot = a.snapshot.as_deref().unwrap_or("latest");
-    let mut opts = NodeRestoreOptions::new(snapshot, &a.target, &a.state_dir);
+    let mut opts = NodeRestoreOptions::new(snapshot, &a.target, &state_dir);
     opts.source_host = a.source_host.clone();
     opts.source_path = a.source_path.clone();
     opts.includes = a.includes.clone();
@@ -44,12 +49,12 @@ pub fn run(g: &Global, a: &NodeRestoreArgs) -> Result<ExitCode> {
             .map(|cmd| PostStep {
                 name: format!("post-restore step `{cmd}`"),
                 argv: vec!["sh".into(), "-c".into(), cmd.clone()],
-                timeout: Duration::from_secs(a.post_timeout),
+                timeout: post_timeout,
             })
             .collect();
     } else {
         for s in &mut opts.post_steps {
-            s.timeout = Duration::from_secs(a.post_timeout);
+            s.timeout = post_timeout;
         }
     }
     opts.unit_timeout = unit_timeout;

@@ -37,6 +37,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub change_hints: ChangeHints,
+    #[serde(default)]
+    pub node_restore: NodeRestoreConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +235,80 @@ impl Default for ChangeHints {
             enabled: false,
             full_every: 24,
         }
+    }
+}
+
+/// How a node restore treats the node: which units it stops and what it runs after.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeRestoreConfig {
+    /// Units stopped, if active, in this order; started again in reverse.
+    pub units: Vec<String>,
+    /// How long a unit may take to stop or to start.
+    pub unit_timeout: Dur,
+    /// Run in order once the restored tree is in place; `exportfs -ra` when absent.
+    pub post_restore: Vec<PostRestoreStep>,
+}
+
+impl Default for NodeRestoreConfig {
+    fn default() -> Self {
+        let exportfs = crate::node_restore::PostStep::exportfs();
+        NodeRestoreConfig {
+            units: crate::node_restore::DEFAULT_UNITS
+                .iter()
+                .map(|u| u.to_string())
+                .collect(),
+            unit_timeout: Dur(Duration::from_secs(90)),
+            post_restore: vec![PostRestoreStep {
+                name: exportfs.name,
+                argv: vec!["/usr/sbin/exportfs".into(), "-ra".into()],
+                timeout: Dur(exportfs.timeout),
+            }],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostRestoreStep {
+    /// Names the step in failure reasons: "{name} failed".
+    pub name: String,
+    /// The program (absolute path) and its arguments; no shell is involved.
+    pub argv: Vec<String>,
+    #[serde(default = "default_post_restore_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_post_restore_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+impl NodeRestoreConfig {
+    pub fn post_steps(&self) -> Vec<crate::node_restore::PostStep> {
+        self.post_restore
+            .iter()
+            .map(|s| crate::node_restore::PostStep {
+                name: s.name.clone(),
+                argv: s.argv.clone(),
+                timeout: s.timeout.0,
+            })
+            .collect()
+    }
+}
+
+/// A systemd unit name: `name.type`, of the characters systemd allows.
+fn check_unit_name(u: &str) -> std::result::Result<(), String> {
+    let ok = u.len() <= 255
+        && u.rsplit_once('.')
+            .is_some_and(|(n, t)| !n.is_empty() && !t.is_empty())
+        && u.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{u:?} is not a unit name: write it in full, like \"autofs.service\""
+        ))
     }
 }
 
@@ -441,6 +517,43 @@ impl Config {
                 }
             }
         }
+        let nr = &self.node_restore;
+        for (i, u) in nr.units.iter().enumerate() {
+            if let Err(problem) = check_unit_name(u) {
+                return err(&format!("node_restore.units[{i}]"), problem);
+            }
+        }
+        let mut step_names = std::collections::HashSet::new();
+        for (i, s) in nr.post_restore.iter().enumerate() {
+            let key = format!("node_restore.post_restore[{i}]");
+            if s.name.trim().is_empty() || s.name.chars().any(|c| c.is_control()) {
+                return err(
+                    &format!("{key}.name"),
+                    "must name the step (it is reported as \"<name> failed\")".into(),
+                );
+            }
+            if !step_names.insert(&s.name) {
+                return err(
+                    &format!("{key}.name"),
+                    format!("another post-restore step is already named {:?}", s.name),
+                );
+            }
+            match s.argv.first() {
+                None => {
+                    return err(
+                        &format!("{key}.argv"),
+                        "empty: give the program and its arguments".into(),
+                    );
+                }
+                Some(p) if !Path::new(p).is_absolute() => {
+                    return err(
+                        &format!("{key}.argv"),
+                        format!("the program {p:?} must be an absolute path (no $PATH lookup)"),
+                    );
+                }
+                _ => {}
+            }
+        }
         if let Some(addr) = self.metrics.listen
             && !addr.ip().is_loopback()
         {
@@ -459,7 +572,7 @@ impl Config {
         use super::record::OpKind;
         match kind {
             OpKind::Snapshot => self.timeouts.snapshot.0,
-            OpKind::Restore => self.timeouts.restore.0,
+            OpKind::Restore | OpKind::NodeRestore => self.timeouts.restore.0,
             OpKind::Maintenance => self.timeouts.maintenance.0,
         }
     }
@@ -500,6 +613,30 @@ paths = ["/var/onprem"]
         assert_eq!(c.repository.location(), Location::Local("/srv/repo".into()));
         assert_eq!(c.timeouts.snapshot.0, Duration::from_secs(6 * 3600));
         assert!(c.metrics.listen.is_none());
+        assert_eq!(
+            c.node_restore.units,
+            vec!["autofs.service", "nfs-server.service"]
+        );
+        let steps = c.node_restore.post_steps();
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].name, "nfs exports recreation");
+        assert_eq!(steps[0].argv, vec!["/usr/sbin/exportfs", "-ra"]);
+    }
+
+    #[test]
+    fn node_restore_steps_can_be_replaced_or_removed() {
+        let c = parse(
+            "[node_restore]\nunits = [\"autofs.service\"]\nunit_timeout = \"2m\"\n\
+             [[node_restore.post_restore]]\nname = \"reload\"\nargv = [\"/bin/true\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.node_restore.units, vec!["autofs.service"]);
+        assert_eq!(c.node_restore.unit_timeout.0, Duration::from_secs(120));
+        let steps = c.node_restore.post_steps();
+        assert_eq!(steps[0].name, "reload");
+        assert_eq!(steps[0].timeout, Duration::from_secs(60));
+        let none = parse("[node_restore]\npost_restore = []\n").unwrap();
+        assert!(none.node_restore.post_steps().is_empty());
     }
 
     #[test]
@@ -540,6 +677,15 @@ paths = ["/var/onprem"]
             ),
             ("[daemon]\nstate_dir = \"rel\"\n", "daemon.state_dir"),
             ("[daemon]\ngroup = \"no-such-group-here\"\n", "daemon.group"),
+            (
+                "[node_restore]\nunits = [\"autofs\"]\n",
+                "node_restore.units[0]",
+            ),
+            (
+                "[[node_restore.post_restore]]\nname = \"x\"\nargv = [\"exportfs\"]\n",
+                "node_restore.post_restore[0].argv",
+            ),
+            ("[node_restore]\nunit_timeout = \"0s\"\n", "unit_timeout"),
         ] {
             let e = parse(extra).unwrap_err().to_string();
             assert!(e.contains(key), "{extra}: {e}");

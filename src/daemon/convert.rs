@@ -1,6 +1,6 @@
 //! Conversions from the agent's records and the repository's manifests to API messages.
 
-use super::record::{FailureReason, OpKind, OpRecord, Phase};
+use super::record::{FailureReason, NodeRestoreRecord, OpKind, OpRecord, Phase};
 use crate::api;
 use crate::repo::SnapshotEntry;
 
@@ -9,6 +9,7 @@ pub fn kind(k: OpKind) -> api::OperationKind {
         OpKind::Snapshot => api::OperationKind::Snapshot,
         OpKind::Restore => api::OperationKind::Restore,
         OpKind::Maintenance => api::OperationKind::Maintenance,
+        OpKind::NodeRestore => api::OperationKind::NodeRestore,
     }
 }
 
@@ -70,10 +71,11 @@ pub fn operation(r: &OpRecord) -> api::Operation {
         schedule: r.schedule.clone().unwrap_or_default(),
         snapshot_id: r.snapshot_id.clone().unwrap_or_default(),
         snapshot_name: r.snapshot_name.clone().unwrap_or_default(),
-        target: match &r.request {
-            super::record::Request::Restore { target, .. } => target.display().to_string(),
-            _ => String::new(),
-        },
+        target: r
+            .request
+            .target()
+            .map(|t| t.display().to_string())
+            .unwrap_or_default(),
         hooks: r
             .hooks
             .iter()
@@ -95,6 +97,37 @@ pub fn operation(r: &OpRecord) -> api::Operation {
                 error: e.error.clone(),
             })
             .collect(),
+        node_restore: r.node_restore.as_ref().map(node_restore),
+    }
+}
+
+fn node_restore(n: &NodeRestoreRecord) -> api::NodeRestoreResult {
+    let dry = n.dry_run.clone().unwrap_or_default();
+    api::NodeRestoreResult {
+        steps: n.steps.clone(),
+        failed_step: n.failed_step.clone(),
+        safety_snapshot_id: n.safety_snapshot_id.clone().unwrap_or_default(),
+        stopped_units: n.stopped_units.clone(),
+        started_units: n.started_units.clone(),
+        post_steps: n
+            .post_steps
+            .iter()
+            .map(|s| api::PostRestoreStep {
+                name: s.name.clone(),
+                argv: s.argv.clone(),
+                success: s.success,
+                status: s.status.clone(),
+                output: s.output.clone(),
+            })
+            .collect(),
+        dry_run: n.dry_run.is_some(),
+        units_to_stop: dry.units_to_stop,
+        added: dry.added,
+        changed: dry.changed,
+        removed: dry.removed,
+        added_count: dry.added_count,
+        changed_count: dry.changed_count,
+        removed_count: dry.removed_count,
     }
 }
 

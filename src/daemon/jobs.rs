@@ -167,6 +167,7 @@ fn run(agent: &Agent, rec: &OpRecord, progress: &Arc<Progress>) -> Result<Outcom
             Kind::Unsupported,
             "maintenance is not available in this build",
         )),
+        Request::NodeRestore { .. } => super::node_restore::run(agent, rec, progress),
     }
 }
 

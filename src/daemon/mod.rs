@@ -7,8 +7,9 @@
 //! - [`service`] (the gRPC methods), [`convert`] (records to messages), [`status_map`] (the
 //!   one mapping of failures to gRPC codes);
 //! - [`operations`] (admission, cancel, timeouts, live progress), [`record`] (persisted
-//!   records), [`jobs`] (the work of each kind), [`hooks`], [`schedule`], [`hints`]
-//!   (inotify change hints for the next snapshot);
+//!   records), [`jobs`] (the work of each kind), [`node_restore`] (node restores, and the
+//!   units an interrupted one left stopped, started at start), [`hooks`], [`schedule`],
+//!   [`hints`] (inotify change hints for the next snapshot);
 //! - [`metrics`], [`systemd`] (logging, readiness, watchdog).
 //!
 //! The engine (backup, restore, repo) knows nothing of this module: it is called from the
@@ -21,6 +22,7 @@ pub mod hints;
 pub mod hooks;
 pub mod jobs;
 pub mod metrics;
+pub mod node_restore;
 pub mod operations;
 pub mod record;
 pub mod schedule;
@@ -220,6 +222,25 @@ async fn run(config: Config, activated: Option<i32>, watchdog: Option<Duration>)
     for (path, why) in &moved_aside {
         tracing::warn!(file = %path.display(), "moved an unreadable operation record aside: it {why}");
     }
+    // Units a node restore stopped come back before anything else is served.
+    let started = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || node_restore::recover_at_start(&config))
+            .await
+            .unwrap_or_default()
+    };
+    for rec in ops.interrupted() {
+        if rec.kind == record::OpKind::NodeRestore {
+            let note = node_restore::restarted_note(&started);
+            ops.amend_finished(&rec.id, |r| {
+                r.message.push_str(&note);
+                r.node_restore
+                    .get_or_insert_with(Default::default)
+                    .started_units
+                    .extend(started.iter().cloned());
+            });
+        }
+    }
     let socket_path = config.daemon.socket.clone();
     let listener = socket::listen(&socket_path, group.as_ref().map(|g| g.1), activated)?;
     let metrics_listen = config.metrics.listen;
@@ -317,6 +338,12 @@ async fn run(config: Config, activated: Option<i32>, watchdog: Option<Duration>)
     };
     if !listener.activated {
         let _ = std::fs::remove_file(&socket_path);
+    }
+    if !ops.is_idle() {
+        // A node restore that would not stop in time may have units stopped: start them
+        // before leaving rather than at the next start.
+        let config = agent.config.clone();
+        let _ = tokio::task::spawn_blocking(move || node_restore::recover_at_start(&config)).await;
     }
     served.map_err(|e| Error::new(Kind::Io, format!("the API server failed: {e}")))?;
     tracing::info!("agentd stopped");

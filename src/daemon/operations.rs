@@ -40,6 +40,8 @@ pub struct Operations {
     metrics: Arc<Metrics>,
     /// Bumped at every change; watchers wait on it (and poll for counter changes).
     changed: tokio::sync::watch::Sender<u64>,
+    /// Operations found unfinished at start (now Failed, AgentRestarted).
+    interrupted: Vec<String>,
 }
 
 /// How an operation ended, as the job reports it.
@@ -65,8 +67,10 @@ impl Operations {
             moved_aside,
         } = store.load()?;
         let mut map = HashMap::new();
+        let mut interrupted = Vec::new();
         for mut rec in records {
             if !rec.phase.is_terminal() {
+                interrupted.push(rec.id.clone());
                 tracing::warn!(
                     operation_id = %rec.id, phase = rec.phase.as_str(),
                     "operation was running when the agent stopped; marking it Failed"
@@ -97,6 +101,7 @@ impl Operations {
             kept,
             metrics,
             changed: tokio::sync::watch::channel(0).0,
+            interrupted,
         };
         for (kind, rec) in ops.last_success() {
             if let Some(t) = rec.finished.as_deref().and_then(parse_time) {
@@ -104,6 +109,28 @@ impl Operations {
             }
         }
         Ok((Arc::new(ops), moved_aside))
+    }
+
+    /// The operations that were running when agentd last stopped.
+    pub fn interrupted(&self) -> Vec<OpRecord> {
+        let inner = self.inner.lock().unwrap();
+        self.interrupted
+            .iter()
+            .filter_map(|id| inner.records.get(id).cloned())
+            .collect()
+    }
+
+    /// Adds to the record of a finished operation what was done about it since (at start,
+    /// for an interrupted one).
+    pub fn amend_finished(&self, id: &str, f: impl FnOnce(&mut OpRecord)) {
+        let mut inner = self.inner.lock().unwrap();
+        let Some(rec) = inner.records.get_mut(id) else {
+            return;
+        };
+        f(rec);
+        if let Err(e) = self.store.save(rec) {
+            tracing::error!(operation_id = %id, error = %e, "cannot save the operation record");
+        }
     }
 
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -176,6 +203,7 @@ impl Operations {
             snapshot_name: None,
             hooks: Vec::new(),
             errors: Vec::new(),
+            node_restore: None,
         };
         self.store.save(&rec)?;
         let progress = Arc::new(Progress::new());

@@ -16,6 +16,7 @@ pub enum OpKind {
     Snapshot,
     Restore,
     Maintenance,
+    NodeRestore,
 }
 
 impl OpKind {
@@ -24,10 +25,16 @@ impl OpKind {
             OpKind::Snapshot => "snapshot",
             OpKind::Restore => "restore",
             OpKind::Maintenance => "maintenance",
+            OpKind::NodeRestore => "node-restore",
         }
     }
 
-    pub const ALL: [OpKind; 3] = [OpKind::Snapshot, OpKind::Restore, OpKind::Maintenance];
+    pub const ALL: [OpKind; 4] = [
+        OpKind::Snapshot,
+        OpKind::Restore,
+        OpKind::Maintenance,
+        OpKind::NodeRestore,
+    ];
 }
 
 /// Velero's phases.
@@ -134,6 +141,15 @@ pub enum Request {
         delete: bool,
     },
     Maintenance,
+    NodeRestore {
+        snapshot: String,
+        target: PathBuf,
+        source_host: Option<String>,
+        source_path: Option<PathBuf>,
+        include: Vec<PathBuf>,
+        dry_run: bool,
+        safety_snapshot: bool,
+    },
 }
 
 impl Request {
@@ -142,8 +158,48 @@ impl Request {
             Request::Snapshot { .. } => OpKind::Snapshot,
             Request::Restore { .. } => OpKind::Restore,
             Request::Maintenance => OpKind::Maintenance,
+            Request::NodeRestore { .. } => OpKind::NodeRestore,
         }
     }
+
+    /// Where a restore puts the files.
+    pub fn target(&self) -> Option<&Path> {
+        match self {
+            Request::Restore { target, .. } | Request::NodeRestore { target, .. } => Some(target),
+            _ => None,
+        }
+    }
+}
+
+/// What a node restore did, step by step (see `node_restore`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRestoreRecord {
+    /// The steps begun so far, in order.
+    #[serde(default)]
+    pub steps: Vec<String>,
+    /// "autofs.service stop failed", "file-system restore failed", ...; empty unless failed.
+    pub failed_step: String,
+    pub safety_snapshot_id: Option<String>,
+    pub stopped_units: Vec<String>,
+    pub started_units: Vec<String>,
+    pub post_steps: Vec<crate::node_restore::StepOutput>,
+    pub dry_run: Option<DryRunRecord>,
+}
+
+/// A dry run's findings: the first [`DryRunRecord::LISTED`] paths of each kind, and counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DryRunRecord {
+    pub units_to_stop: Vec<String>,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub added_count: u64,
+    pub changed_count: u64,
+    pub removed_count: u64,
+}
+
+impl DryRunRecord {
+    pub const LISTED: usize = 1000;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +221,9 @@ pub struct OpRecord {
     pub snapshot_name: Option<String>,
     pub hooks: Vec<HookRecord>,
     pub errors: Vec<FileError>,
+    /// Node restores only; absent from records written before node restores existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_restore: Option<NodeRestoreRecord>,
 }
 
 pub fn now_rfc3339() -> String {

@@ -9,7 +9,7 @@ use super::status_map::{ApiError, invalid};
 use crate::api;
 use crate::api::agent_server::Agent as AgentApi;
 use crate::error::{Error, Kind};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +66,81 @@ fn check_includes(include: &[String]) -> Result<Vec<PathBuf>, ApiError> {
             }
         })
         .collect()
+}
+
+/// An absolute path without `..`, as a field of a request.
+fn check_absolute(field: &'static str, p: &str) -> Result<PathBuf, ApiError> {
+    let path = PathBuf::from(p);
+    if p.is_empty() || !path.is_absolute() {
+        return Err(invalid(
+            field,
+            format!("{p:?} must be an absolute directory"),
+        ));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(field, format!("{p:?} must not contain '..'")));
+    }
+    Ok(path)
+}
+
+/// A node restore's fields, checked before anything starts.
+fn node_restore_request(r: api::StartNodeRestoreRequest) -> Result<Request, ApiError> {
+    if r.snapshot.is_empty() {
+        return Err(invalid(
+            "snapshot",
+            "must name a snapshot: an ID, a unique ID prefix, a name, or \"latest\"",
+        ));
+    }
+    let target = check_absolute("target", &r.target)?;
+    if target.parent().is_none() {
+        return Err(invalid(
+            "target",
+            "cannot be /: a node restore swaps a directory in, so name the tree (/var/onprem)",
+        ));
+    }
+    let source_host = match r.source_host.as_str() {
+        "" => None,
+        h if r.snapshot != "latest" => {
+            return Err(invalid(
+                "source_host",
+                format!(
+                    "{h:?} needs snapshot \"latest\": a snapshot ID or name already says whose \
+                     snapshot it is"
+                ),
+            ));
+        }
+        h if h.len() > 255 || h.chars().any(|c| c.is_control() || c.is_whitespace()) => {
+            return Err(invalid("source_host", format!("{h:?} is not a host name")));
+        }
+        h => Some(h.to_string()),
+    };
+    let source_path = match r.source_path.as_str() {
+        "" => None,
+        p => Some(check_absolute("source_path", p)?),
+    };
+    let mut include = Vec::new();
+    for p in &r.include {
+        let path = check_absolute("include", p)?;
+        if !path.starts_with(&target) || path == target {
+            return Err(invalid(
+                "include",
+                format!(
+                    "{p:?} must be a directory below the target {}",
+                    target.display()
+                ),
+            ));
+        }
+        include.push(path);
+    }
+    Ok(Request::NodeRestore {
+        snapshot: r.snapshot,
+        target,
+        source_host,
+        source_path,
+        include,
+        dry_run: r.dry_run,
+        safety_snapshot: !r.skip_safety_snapshot,
+    })
 }
 
 impl Service {
@@ -135,7 +210,7 @@ impl AgentApi for Service {
             )
             .into());
         }
-        let target = Path::new(&r.target);
+        let target = std::path::Path::new(&r.target);
         if r.target.is_empty() || !target.is_absolute() {
             return Err(invalid(
                 "target",
@@ -152,6 +227,16 @@ impl AgentApi for Service {
             include: check_includes(&r.include)?,
             delete: r.delete,
         };
+        Ok(Response::new(self.start(request, request_id)?))
+    }
+
+    async fn start_node_restore(
+        &self,
+        req: Req<api::StartNodeRestoreRequest>,
+    ) -> ApiResult<api::Operation> {
+        let r = req.into_inner();
+        let request_id = check_request_id(&r.request_id)?;
+        let request = node_restore_request(r)?;
         Ok(Response::new(self.start(request, request_id)?))
     }
 
@@ -360,5 +445,67 @@ impl AgentApi for Service {
                 })
                 .collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(target: &str) -> api::StartNodeRestoreRequest {
+        api::StartNodeRestoreRequest {
+            snapshot: "latest".into(),
+            target: target.into(),
+            ..Default::default()
+        }
+    }
+
+    fn field_of(r: api::StartNodeRestoreRequest) -> String {
+        match node_restore_request(r) {
+            Err(ApiError::Invalid { field, .. }) => field.to_string(),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn node_restore_fields_are_checked_and_named() {
+        assert_eq!(field_of(req("var/onprem")), "target");
+        assert_eq!(field_of(req("/")), "target");
+        assert_eq!(field_of(req("/var/../etc")), "target");
+        let mut r = req("/var/onprem");
+        r.include = vec!["/var/other".into()];
+        assert_eq!(field_of(r), "include");
+        let mut r = req("/var/onprem");
+        r.snapshot = "abcd1234".into();
+        r.source_host = "node-b".into();
+        assert_eq!(field_of(r), "source_host");
+        let mut r = req("/var/onprem");
+        r.source_path = "relative".into();
+        assert_eq!(field_of(r), "source_path");
+        let mut r = req("/var/onprem");
+        r.snapshot = String::new();
+        assert_eq!(field_of(r), "snapshot");
+    }
+
+    #[test]
+    fn a_good_node_restore_request_keeps_its_choices() {
+        let mut r = req("/var/onprem");
+        r.source_host = "node-b".into();
+        r.include = vec!["/var/onprem/etc".into()];
+        r.dry_run = true;
+        match node_restore_request(r).unwrap() {
+            Request::NodeRestore {
+                source_host,
+                include,
+                dry_run,
+                safety_snapshot,
+                ..
+            } => {
+                assert_eq!(source_host.as_deref(), Some("node-b"));
+                assert_eq!(include, vec![PathBuf::from("/var/onprem/etc")]);
+                assert!(dry_run && safety_snapshot);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

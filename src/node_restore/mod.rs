@@ -40,7 +40,7 @@ pub struct NodeRestoreOptions {
     /// Snapshot ID (or unique prefix), name, or "latest".
     pub snapshot: String,
     /// With "latest": the host whose snapshots to choose from (cross-node restore); default
-    /// this node.
+    /// `hostname`, this node.
     pub source_host: Option<String>,
     /// The tree to bring back, e.g. /var/onprem.
     pub target: PathBuf,
@@ -89,10 +89,23 @@ pub struct NodeRestoreReport {
     pub post_steps: Vec<StepOutput>,
 }
 
+/// The step of a node restore, as a program branches on it: unit control and post-restore
+/// failures are the node's, the others the repository's or the file system's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Step {
+    Validate,
+    SafetySnapshot,
+    StopUnits,
+    Restore,
+    PostRestore,
+    StartUnits,
+}
+
 /// A node restore that did not complete: why (a stable, machine-readable reason naming the
 /// step), the underlying error, and what was done.
 #[derive(Debug)]
 pub struct Failure {
+    pub step: Step,
     pub reason: String,
     pub error: Error,
     pub report: Box<NodeRestoreReport>,
@@ -100,21 +113,40 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.reason, self.error)
+        // Unit errors already start with the reason ("autofs.service stop failed: ...").
+        if self.error.message().starts_with(&self.reason) {
+            write!(f, "{}", self.error)
+        } else {
+            write!(f, "{}: {}", self.reason, self.error)
+        }
     }
 }
 
+/// The tag of the safety snapshot taken before a node restore.
+pub const SAFETY_TAG: &str = "pre-restore";
+
 /// Picks and checks the snapshot: it must exist, be Completed, and open with the key.
+/// "latest" is the latest Completed snapshot of the source host (default: this node), not
+/// counting safety snapshots: after a restore, "latest" still names what was restored.
 pub fn validate(repo: &Repository, opts: &NodeRestoreOptions) -> Result<SnapshotEntry> {
-    let entry = match (&opts.source_host, opts.snapshot.as_str()) {
-        (Some(host), "latest") => repo
-            .list_snapshots()?
-            .into_iter()
-            .rev()
-            .find(|s| {
-                &s.snapshot.hostname == host && s.snapshot.status == SnapshotStatus::Completed
-            })
-            .ok_or_else(|| Error::not_found(format!("no Completed snapshot of host {host:?}")))?,
+    let entry = match opts.snapshot.as_str() {
+        "latest" => {
+            let host = opts.source_host.as_deref().unwrap_or(&opts.hostname);
+            repo.list_snapshots()?
+                .into_iter()
+                .rev()
+                .find(|s| {
+                    s.snapshot.hostname == host
+                        && s.snapshot.status == SnapshotStatus::Completed
+                        && !s.snapshot.tags.iter().any(|t| t == SAFETY_TAG)
+                })
+                .ok_or_else(|| {
+                    Error::not_found(format!(
+                        "no Completed snapshot of host {host:?} (safety snapshots, tagged \
+                         {SAFETY_TAG}, are not counted: name one by its ID to restore it)"
+                    ))
+                })?
+        }
         _ => repo.resolve_snapshot(&opts.snapshot)?,
     };
     if entry.snapshot.status != SnapshotStatus::Completed {
@@ -151,8 +183,9 @@ pub fn run(
     let mut report = NodeRestoreReport::default();
     let progress = &opts.progress;
     macro_rules! fail {
-        ($reason:expr, $err:expr) => {
+        ($step:expr, $reason:expr, $err:expr) => {
             return Err(Failure {
+                step: $step,
                 reason: $reason,
                 error: $err,
                 report: Box::new(report),
@@ -163,7 +196,7 @@ pub fn run(
     progress.set_step("validate");
     let entry = match validate(repo, opts) {
         Ok(e) => e,
-        Err(e) => fail!("snapshot validation failed".into(), e),
+        Err(e) => fail!(Step::Validate, "snapshot validation failed".into(), e),
     };
     report.snapshot = Some(entry.id);
     let source = opts
@@ -174,6 +207,7 @@ pub fn run(
         if !inc.starts_with(&opts.target) || components(inc).len() <= components(&opts.target).len()
         {
             fail!(
+                Step::Validate,
                 "snapshot validation failed".into(),
                 Error::invalid(format!(
                     "{} is not below {}",
@@ -187,12 +221,16 @@ pub fn run(
     progress.set_step("safety snapshot");
     if opts.safety_snapshot && opts.target.exists() {
         let mut b = BackupOptions::new(vec![opts.target.clone()]);
-        b.tags = vec!["pre-restore".into()];
+        b.tags = vec![SAFETY_TAG.into()];
         b.hostname = opts.hostname.clone();
         match backup::backup(repo, &b) {
             Ok(r) => report.safety_snapshot = Some(r.id),
-            Err(e) => fail!("safety snapshot failed".into(), e),
+            Err(e) => fail!(Step::SafetySnapshot, "safety snapshot failed".into(), e),
         }
+    }
+    // Nothing has changed yet: a cancel now needs no undoing.
+    if let Err(e) = progress.check_cancelled() {
+        fail!(Step::Validate, "canceled before any change".into(), e);
     }
 
     progress.set_step("stop units");
@@ -201,7 +239,7 @@ pub fn run(
         match units.is_active(unit) {
             Ok(true) => active.push(unit.clone()),
             Ok(false) => {}
-            Err(e) => fail!(format!("{unit} stop failed"), e),
+            Err(e) => fail!(Step::StopUnits, format!("{unit} stop failed"), e),
         }
     }
     let mut record = state::StoppedUnits {
@@ -209,14 +247,14 @@ pub fn run(
         staging: Vec::new(),
     };
     if let Err(e) = state::save(&opts.state_dir, &record) {
-        fail!("recording stopped units failed".into(), e);
+        fail!(Step::StopUnits, "recording stopped units failed".into(), e);
     }
-    let mut failure: Option<(String, Error)> = None;
+    let mut failure: Option<(Step, String, Error)> = None;
     for unit in &active {
         match units.stop(unit, opts.unit_timeout) {
             Ok(()) => report.stopped_units.push(unit.clone()),
             Err(e) => {
-                failure = Some((format!("{unit} stop failed"), e));
+                failure = Some((Step::StopUnits, format!("{unit} stop failed"), e));
                 break;
             }
         }
@@ -234,19 +272,20 @@ pub fn run(
         let r = state::save(&opts.state_dir, &record)
             .and_then(|()| restore_swapped(repo, &entry, &source, &swaps, &staging, opts));
         if let Err(e) = r {
-            failure = Some(("file-system restore failed".into(), e));
+            failure = Some((Step::Restore, "file-system restore failed".into(), e));
         }
     }
 
     if failure.is_none() {
-        progress.set_step("post-restore");
         for step in &opts.post_steps {
+            progress.set_step(&format!("post-restore: {}", step.name));
             let out = post::run(step);
             let ok = out.success;
             let status = out.status.clone();
             report.post_steps.push(out);
             if !ok {
                 failure = Some((
+                    Step::PostRestore,
                     format!("{} failed", step.name),
                     Error::new(
                         Kind::Unit,
@@ -264,7 +303,7 @@ pub fn run(
             Ok(()) => report.started_units.push(unit.clone()),
             Err(e) => {
                 if failure.is_none() {
-                    failure = Some((format!("{unit} start failed"), e));
+                    failure = Some((Step::StartUnits, format!("{unit} start failed"), e));
                 }
             }
         }
@@ -273,7 +312,8 @@ pub fn run(
         let _ = state::clear(&opts.state_dir);
     }
     match failure {
-        Some((reason, error)) => Err(Failure {
+        Some((step, reason, error)) => Err(Failure {
+            step,
             reason,
             error,
             report: Box::new(report),

@@ -152,6 +152,14 @@ fn agentctl_client_mode_snapshot_wait_json_and_exit_codes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
     let out = node.agentctl(&["snapshot", "/etc"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // Units and post-restore steps are agentd's configuration, not the client's.
+    let out = node.agentctl(&["node-restore", "latest", "--unit", "autofs.service"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[node_restore]"));
+    // A field agentd refuses: exit 2, the field named.
+    let out = node.agentctl(&["node-restore", "latest", "--target", "/"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("target: cannot be /"));
     let out = std::process::Command::new(AGENTCTL)
         .args(["--socket", "/nonexistent/agent.sock", "status"])
         .output()
