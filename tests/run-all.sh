@@ -12,7 +12,8 @@ mkdir -p "$CARGO_TARGET_DIR"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "system packages"
-packages=(acl attr libcap2-bin debootstrap systemd-container util-linux python3-pip openssl)
+packages=(acl attr libcap2-bin debootstrap systemd-container util-linux python3-pip python3-venv
+  openssh-client openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,6 +34,13 @@ python3 -c "import grpc, grpc_tools" 2>/dev/null || python3 -m pip install --qui
 step "Garage, the S3 server the S3 tests run against (built once, then reused)"
 if ! command -v garage >/dev/null && [ ! -x "$HOME/.cargo/bin/garage" ]; then
   cargo install --locked garage
+fi
+
+step "Ansible and ansible-lint (a virtualenv, cached), for the deployment test"
+VENV=${HOSTAGENT_VENV:-/var/cache/hostagent/venv}
+if ! "$VENV/bin/ansible-playbook" --version >/dev/null 2>&1 || ! "$VENV/bin/ansible-lint" --version >/dev/null 2>&1; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet ansible-core==2.19.14 ansible-lint==26.10.1
 fi
 
 step "lab node image (debootstrap, cached)"

@@ -5,7 +5,7 @@
 //! ignored setting. Syntax and type errors come from the TOML parser with the line and the
 //! key; the checks that follow parsing name the key (`schedules[1].cron`) and the file.
 //! Each kind of repository location is its own optional table under `[repository]`
-//! (`local` today); a new kind adds a table and a case in [`RepositoryConfig::location`].
+//! (`local`, `s3`); a new kind adds a table and a case in [`RepositoryConfig::location`].
 
 use crate::backup::Excludes;
 use crate::error::{Error, Result};
@@ -47,6 +47,9 @@ pub struct RepositoryConfig {
     /// A repository in a local directory.
     #[serde(default)]
     pub local: Option<LocalRepository>,
+    /// A repository in an S3 bucket (MinIO, Garage, AWS).
+    #[serde(default)]
+    pub s3: Option<S3Repository>,
     /// A file whose first line is the repository password.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
@@ -62,27 +65,128 @@ pub struct LocalRepository {
     pub path: PathBuf,
 }
 
+/// `[repository.s3]`: the bucket and prefix, the server, and where the keys are (an
+/// AWS-format credentials file, as a systemd credential or a plain file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Repository {
+    /// `s3://BUCKET/PREFIX`.
+    pub url: String,
+    /// `https://minio.example:9000`.
+    pub endpoint: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// `endpoint/bucket/key` addressing, what MinIO expects without a wildcard domain.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Extra PEM certificates to trust (a private CA), besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The name of a systemd credential holding the AWS-format credentials file.
+    #[serde(default)]
+    pub credentials_credential: Option<String>,
+    /// An AWS-format credentials file readable by root only.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// The section of the credentials file to use.
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// Requests in flight at once.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Where index and tree objects are cached; `$CACHE_DIRECTORY` (systemd's
+    /// CacheDirectory=) or /var/cache/hostagent when absent.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+fn default_region() -> String {
+    crate::store::S3Config::DEFAULT_REGION.to_string()
+}
+
+fn default_profile() -> String {
+    "default".to_string()
+}
+
+fn default_connections() -> usize {
+    4
+}
+
 /// Where the repository is, once the configuration has been checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     Local(PathBuf),
+    S3 { url: String, endpoint: String },
 }
 
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Local(p) => write!(f, "local:{}", p.display()),
+            Location::S3 { url, endpoint } => write!(f, "{url} at {endpoint}"),
         }
+    }
+}
+
+/// A file named either by a systemd credential or by a path.
+fn credential_path(credential: Option<&str>, file: Option<&PathBuf>, key: &str) -> Result<PathBuf> {
+    if let Some(p) = file {
+        return Ok(p.clone());
+    }
+    let name = credential.expect("validated: a credential source is set");
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) => Ok(Path::new(&dir).join(name)),
+        None => Err(Error::invalid(format!(
+            "{key} = {name:?} needs $CREDENTIALS_DIRECTORY, which is not set: run agentd under \
+             systemd with LoadCredential={name}:FILE, or name a file instead"
+        ))),
+    }
+}
+
+impl S3Repository {
+    /// The S3 client settings, with the keys read from their file now (a rotated key is
+    /// picked up by the next operation).
+    pub fn client_config(&self) -> Result<crate::store::S3Config> {
+        let path = credential_path(
+            self.credentials_credential.as_deref(),
+            self.credentials_file.as_ref(),
+            "repository.s3.credentials_credential",
+        )?;
+        let credentials = crate::store::S3Credentials::from_file(&path, &self.profile)?;
+        let location = crate::store::S3Location::parse(&self.url)?;
+        let mut c = crate::store::S3Config::new(&self.endpoint, location, credentials);
+        c.region = self.region.clone();
+        c.path_style = self.path_style;
+        c.ca_file = self.ca_file.clone();
+        c.connections = self.connections;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("CACHE_DIRECTORY")
+                // CacheDirectory= may list several, separated by ':'.
+                .and_then(|d| {
+                    d.to_str()
+                        .and_then(|d| d.split(':').next())
+                        .map(PathBuf::from)
+                })
+                .unwrap_or_else(|| PathBuf::from("/var/cache/hostagent"))
+        })
     }
 }
 
 impl RepositoryConfig {
     pub fn location(&self) -> Location {
-        let local = self
-            .local
-            .as_ref()
-            .expect("validated: a repository location is set");
-        Location::Local(local.path.clone())
+        match (&self.local, &self.s3) {
+            (Some(local), _) => Location::Local(local.path.clone()),
+            (None, Some(s3)) => Location::S3 {
+                url: s3.url.clone(),
+                endpoint: s3.endpoint.clone(),
+            },
+            (None, None) => unreachable!("validated: a repository location is set"),
+        }
     }
 
     /// The password file to read: the configured file, or the credential in the directory
@@ -91,18 +195,11 @@ impl RepositoryConfig {
         if let Some(p) = &self.password_file {
             return Ok(p.clone());
         }
-        let name = self
-            .password_credential
-            .as_deref()
-            .expect("validated: a password source is set");
-        match std::env::var_os("CREDENTIALS_DIRECTORY") {
-            Some(dir) => Ok(Path::new(&dir).join(name)),
-            None => Err(Error::invalid(format!(
-                "repository.password_credential = {name:?} needs $CREDENTIALS_DIRECTORY, which \
-                 is not set: run agentd under systemd with LoadCredential={name}:FILE, or use \
-                 repository.password_file"
-            ))),
-        }
+        credential_path(
+            self.password_credential.as_deref(),
+            None,
+            "repository.password_credential",
+        )
     }
 }
 
@@ -376,21 +473,29 @@ impl Config {
             );
         }
         let r = &self.repository;
-        match &r.local {
-            None => {
+        match (&r.local, &r.s3) {
+            (None, None) => {
                 return err(
                     "repository",
-                    "no repository location: add a [repository.local] table with path = \"DIR\""
+                    "no repository location: add a [repository.local] table with path = \"DIR\" \
+                     or a [repository.s3] table"
                         .into(),
                 );
             }
-            Some(l) if !l.path.is_absolute() => {
+            (Some(_), Some(_)) => {
+                return err(
+                    "repository",
+                    "set only one of [repository.local] and [repository.s3]".into(),
+                );
+            }
+            (Some(l), None) if !l.path.is_absolute() => {
                 return err(
                     "repository.local.path",
                     format!("{} must be an absolute path", l.path.display()),
                 );
             }
-            Some(_) => {}
+            (None, Some(s3)) => validate_s3(s3)?,
+            _ => {}
         }
         match (&r.password_file, &r.password_credential) {
             (None, None) => {
@@ -578,6 +683,62 @@ impl Config {
     }
 }
 
+fn validate_s3(s3: &S3Repository) -> std::result::Result<(), (String, String)> {
+    let err = |key: &str, problem: String| Err((format!("repository.s3.{key}"), problem));
+    if let Err(e) = crate::store::S3Location::parse(&s3.url) {
+        return err("url", e.message().to_string());
+    }
+    let https = s3.endpoint.starts_with("https://");
+    if !https && !s3.endpoint.starts_with("http://") {
+        return err(
+            "endpoint",
+            format!(
+                "{:?}: give a URL such as https://minio.example:9000",
+                s3.endpoint
+            ),
+        );
+    }
+    if s3.region.is_empty() {
+        return err("region", "empty".into());
+    }
+    if let Some(ca) = &s3.ca_file {
+        if !ca.is_absolute() {
+            return err(
+                "ca_file",
+                format!("{} must be an absolute path", ca.display()),
+            );
+        }
+        if !https {
+            return err("ca_file", "needs an https:// endpoint".into());
+        }
+    }
+    match (&s3.credentials_credential, &s3.credentials_file) {
+        (None, None) => err(
+            "credentials_credential",
+            "no S3 keys: set credentials_credential = \"NAME\" (a systemd credential) or \
+             credentials_file = \"FILE\""
+                .into(),
+        ),
+        (Some(_), Some(_)) => err(
+            "credentials_file",
+            "set only one of credentials_credential and credentials_file".into(),
+        ),
+        (Some(n), None) if n.is_empty() || n.contains('/') => err(
+            "credentials_credential",
+            format!("{n:?} must be a credential name, without '/'"),
+        ),
+        (None, Some(p)) if !p.is_absolute() => err(
+            "credentials_file",
+            format!("{} must be an absolute path", p.display()),
+        ),
+        _ if s3.connections == 0 => err("connections", "must be at least 1".into()),
+        _ if s3.cache_dir.as_ref().is_some_and(|d| !d.is_absolute()) => {
+            err("cache_dir", "must be an absolute path".into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Tags: printable, no commas (the CLI lists them comma-separated).
 pub fn check_tag(t: &str) -> std::result::Result<(), String> {
     if t.is_empty() || t.len() > 128 || t.chars().any(|c| c.is_control() || c == ',') {
@@ -652,6 +813,88 @@ paths = ["/var/onprem"]
         );
         assert_eq!(c.hooks.post_snapshot[0].on_error, OnError::Continue);
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9465".parse().unwrap()));
+    }
+
+    const S3: &str = r#"
+[repository]
+password_credential = "repo-password"
+[repository.s3]
+url = "s3://backups/cluster-a/node-1"
+endpoint = "https://minio.example:9000"
+path_style = true
+credentials_file = "/etc/hostagent/s3-credentials"
+[backup]
+paths = ["/var/onprem"]
+"#;
+
+    #[test]
+    fn s3_repository_takes_defaults_and_reads_its_keys_file() {
+        let c = Config::parse(S3, Path::new("/etc/a.toml")).unwrap();
+        assert_eq!(
+            c.repository.location().to_string(),
+            "s3://backups/cluster-a/node-1 at https://minio.example:9000"
+        );
+        let s3 = c.repository.s3.as_ref().unwrap();
+        assert_eq!(s3.region, "us-east-1");
+        assert_eq!(s3.profile, "default");
+        // The keys are read when a store is made, and a missing file says which file.
+        let e = s3.client_config().unwrap_err().to_string();
+        assert!(e.contains("/etc/hostagent/s3-credentials"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(
+            &keys,
+            "[default]\naws_access_key_id=AK\naws_secret_access_key=SK\n",
+        )
+        .unwrap();
+        let text = S3.replace("/etc/hostagent/s3-credentials", keys.to_str().unwrap());
+        let c = Config::parse(&text, Path::new("/etc/a.toml")).unwrap();
+        let client = c.repository.s3.unwrap().client_config().unwrap();
+        assert_eq!(client.credentials.access_key_id, "AK");
+        assert!(client.path_style);
+        assert_eq!(client.location.prefix, "cluster-a/node-1");
+    }
+
+    #[test]
+    fn bad_s3_settings_name_their_key() {
+        for (from, to, key) in [
+            (
+                "url = \"s3://backups/cluster-a/node-1\"",
+                "url = \"backups\"",
+                "repository.s3.url",
+            ),
+            (
+                "endpoint = \"https://minio.example:9000\"",
+                "endpoint = \"minio:9000\"",
+                "repository.s3.endpoint",
+            ),
+            (
+                "credentials_file = \"/etc/hostagent/s3-credentials\"",
+                "",
+                "repository.s3.credentials_credential",
+            ),
+            (
+                "credentials_file = \"/etc/hostagent/s3-credentials\"",
+                "credentials_file = \"/k\"\ncredentials_credential = \"k\"",
+                "repository.s3.credentials_file",
+            ),
+            (
+                "path_style = true",
+                "ca_file = \"ca.pem\"",
+                "repository.s3.ca_file",
+            ),
+            (
+                "[backup]",
+                "[repository.local]\npath = \"/srv/repo\"\n[backup]",
+                "set only one of [repository.local] and [repository.s3]",
+            ),
+        ] {
+            let text = S3.replace(from, to);
+            let e = Config::parse(&text, Path::new("/etc/a.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{to}: {e}");
+        }
     }
 
     #[test]

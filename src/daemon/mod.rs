@@ -33,9 +33,11 @@ pub mod systemd;
 
 use crate::error::{Error, Kind, Result};
 use crate::repo::Repository;
-use crate::store::{LocalStore, ObjectStore, StoreErrorKind};
+use crate::store::{
+    CacheStore, LocalStore, ObjectStore, RetryPolicy, RetryStore, S3Store, StoreErrorKind,
+};
 use clap::Parser;
-use config::{Config, Location};
+use config::Config;
 use operations::Operations;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,9 +72,16 @@ pub struct Agent {
 }
 
 impl Agent {
-    fn store(&self) -> Arc<dyn ObjectStore> {
-        match self.config.repository.location() {
-            Location::Local(path) => Arc::new(LocalStore::new(path)),
+    fn store(&self) -> Result<Arc<dyn ObjectStore>> {
+        let r = &self.config.repository;
+        match (&r.local, &r.s3) {
+            (Some(local), _) => Ok(Arc::new(LocalStore::new(&local.path))),
+            (None, Some(s3)) => {
+                let store =
+                    RetryStore::new(S3Store::new(s3.client_config()?)?, RetryPolicy::default());
+                Ok(Arc::new(CacheStore::new(store, &s3.cache_dir())))
+            }
+            (None, None) => unreachable!("validated: a repository location is set"),
         }
     }
 
@@ -80,7 +89,7 @@ impl Agent {
     pub fn open_repository(&self) -> Result<Repository> {
         let path = self.config.repository.password_path()?;
         let password = read_password(&path)?;
-        Repository::open(self.store(), &password).map_err(|e| {
+        Repository::open(self.store()?, &password).map_err(|e| {
             if e.kind() == Kind::WrongPassword {
                 e.context(format!("password from {}", path.display()))
             } else {
@@ -110,7 +119,7 @@ impl Agent {
 
     /// Whether the repository's storage answers and holds a repository (no password needed).
     pub fn check_repository(&self) -> Result<()> {
-        let store = self.store();
+        let store = self.store()?;
         match store.get(crate::repo::config::CONFIG_KEY) {
             Ok(_) => Ok(()),
             Err(e) if e.kind == StoreErrorKind::NotFound => Err(Error::new(

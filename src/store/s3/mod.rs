@@ -331,6 +331,11 @@ fn http_client(config: &S3Config) -> crate::Result<SharedHttpClient> {
         return Ok(insecure::client(config.connect_timeout));
     }
     let mut trust = TrustStore::default();
+    if config.endpoint.starts_with("http://") {
+        // No TLS: the system's roots are not needed, and a host without any (no
+        // ca-certificates package) must not make the client fail.
+        trust = trust.with_native_roots(false);
+    }
     if let Some(path) = &config.ca_file {
         let pem = std::fs::read(path).map_err(|e| {
             crate::Error::io(format!("cannot read the CA file {}", path.display()), e)
