@@ -28,7 +28,11 @@ fn local_store_refuses_keys_that_escape_its_root() {
     let store = LocalStore::new(dir.path().join("repo"));
     for key in ["../outside", "/etc/passwd", "a/../../b", "", "a//b"] {
         let err = hostagent::store::ObjectStore::put(&store, key, b"x").unwrap_err();
-        assert_eq!(err.kind, hostagent::store::StoreErrorKind::Permanent, "{key}");
+        assert_eq!(
+            err.kind,
+            hostagent::store::StoreErrorKind::Permanent,
+            "{key}"
+        );
     }
     assert!(!dir.path().join("outside").exists());
 }
