@@ -13,12 +13,17 @@
 #               or ./target); build it with `cargo build --release` first.
 #   TOOLS       which tools to run (default "agentctl restic rustic borg"; missing ones are
 #               skipped).
-#   KEEP=1      keep repositories afterwards.
+#   RUNS        rounds (default 1); each round runs every tool once, starting with a different
+#               tool each round; the table keeps each figure's best round (least disturbed by
+#               other load on the machine).
+#   KEEP=1      keep repositories and restored trees afterwards.
 #
 # Page caches cannot be dropped reliably here (shared machine, no root guarantees inside
 # every environment), so the tree is read once before anything is measured: every tool then
 # reads it from the page cache, and every tool's repository is fresh in the page cache when
 # it restores. The figures therefore compare CPU and I/O-path efficiency, not disk speed.
+# Restored trees are kept until the end: ext4 avoids reusing inodes freed in the last minutes,
+# so deleting 50,000 files right before another tool's restore would slow that restore down.
 # Passwords go through files or environment variables, never the command line.
 set -euo pipefail
 
@@ -29,6 +34,7 @@ AGENTCTL=${AGENTCTL:-${CARGO_TARGET_DIR:-$here/target}/release/agentctl}
 TIME=/usr/bin/time
 [ -x "$TIME" ] || { echo "compare.sh: GNU time is needed at $TIME (apt-get install time)" >&2; exit 2; }
 mkdir -p "$WORK"
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "$1" ]; }
 
 build_default_tree() {
     local tree=$1
@@ -66,11 +72,26 @@ umask 077
 head -c 24 /dev/urandom | base64 >"$pw"
 umask 022
 
+{
+    echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))," \
+        "$(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r), load average at start:" \
+        "$(cut -d' ' -f1-3 /proc/loadavg)"
+    for t in $TOOLS; do
+        case $t in
+        agentctl) have "$AGENTCTL" && echo "agentctl: $("$AGENTCTL" --version)" ;;
+        restic) have restic && restic version | head -1 ;;
+        rustic) have rustic && rustic --version | head -1 ;;
+        borg) have borg && borg --version ;;
+        esac
+    done
+} | tee "$WORK/machine.txt" >&2
+
 results=$WORK/results.tsv
 : >"$results"
 
-# run TOOL STEP CMD...: runs CMD under GNU time, appends "tool step wall rss_kib cpu" to the
-# results, then syncs so that one step's write-back does not land in the next one's time.
+# run TOOL STEP CMD...: runs CMD under GNU time, appends "tool step wall rss_kib cpu round"
+# to the results, then syncs so that one step's write-back does not land in the next one's
+# time.
 run() {
     local tool=$1 step=$2
     shift 2
@@ -81,31 +102,39 @@ run() {
         return 1
     fi
     read -r wall rss user sys <"$tf"
-    printf '%s\t%s\t%s\t%s\t%s\n' "$tool" "$step" "$wall" "$rss" \
-        "$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')" >>"$results"
-    printf '  %-8s %-10s %8.2f s %8d KiB\n' "$tool" "$step" "$wall" "$rss" >&2
+    local cpu
+    cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$step" "$wall" "$rss" "$cpu" "$round" >>"$results"
+    printf '  round %s %-8s %-9s %8.2f s wall %7.2f s CPU %7d KiB\n' "$round" "$tool" "$step" \
+        "$wall" "$cpu" "$rss" >&2
     sync
 }
 
 # verify TOOL DIR: the restored copy must equal the tree (contents, names, symlinks).
 verify() {
     local tool=$1 out=$2
-    if diff -r --no-dereference "$TREE" "$out" >"$WORK/$tool-diff.log" 2>&1; then
+    sync
+    if diff -r --no-dereference "$TREE" "$out" >"$WORK/$tool-diff-$round.log" 2>&1; then
         printf '%s\tverify\tok\n' "$tool" >>"$results"
     else
         printf '%s\tverify\tDIFFERS\n' "$tool" >>"$results"
-        echo "compare.sh: $tool restored a different tree; see $WORK/$tool-diff.log" >&2
+        echo "compare.sh: $tool restored a different tree; see $WORK/$tool-diff-$round.log" >&2
     fi
 }
 
+# fresh TOOL: a new repository and cache; sets $out, this round's (new) restore target.
 fresh() {
-    rm -rf "$WORK/repo-$1" "$WORK/restore-$1" "$WORK/cache-$1"
-    mkdir -p "$WORK/restore-$1" "$WORK/cache-$1"
+    rm -rf "$WORK/repo-$1" "$WORK/cache-$1"
+    out=$WORK/restore-$1-$round
+    rm -rf "$out"
+    mkdir -p "$out" "$WORK/cache-$1"
 }
 
-have() { command -v "$1" >/dev/null 2>&1 || [ -x "$1" ]; }
-
-for tool in $TOOLS; do
+read -r -a tools <<<"$TOOLS"
+rm -rf "$WORK"/restore-*
+for ((round = 1; round <= ${RUNS:-1}; round++)); do
+for ((k = 0; k < ${#tools[@]}; k++)); do
+    tool=${tools[$(((k + round - 1) % ${#tools[@]}))]}
     case $tool in
     agentctl)
         have "$AGENTCTL" || { echo "skipping agentctl: $AGENTCTL not built" >&2; continue; }
@@ -114,8 +143,8 @@ for tool in $TOOLS; do
         run agentctl init "$AGENTCTL" -q repo init
         run agentctl backup "$AGENTCTL" -q snapshot "$TREE"
         run agentctl rebackup "$AGENTCTL" -q snapshot "$TREE"
-        run agentctl restore "$AGENTCTL" -q restore latest --target "$WORK/restore-agentctl"
-        verify agentctl "$WORK/restore-agentctl$TREE"
+        run agentctl restore "$AGENTCTL" -q restore latest --target "$out"
+        verify agentctl "$out$TREE"
         unset HOSTAGENT_REPO HOSTAGENT_PASSWORD_FILE
         ;;
     restic)
@@ -126,8 +155,8 @@ for tool in $TOOLS; do
         run restic init restic init --repository-version 2
         run restic backup restic backup -q "$TREE"
         run restic rebackup restic backup -q "$TREE"
-        run restic restore restic restore -q latest --target "$WORK/restore-restic"
-        verify restic "$WORK/restore-restic$TREE"
+        run restic restore restic restore -q latest --target "$out"
+        verify restic "$out$TREE"
         unset RESTIC_REPOSITORY RESTIC_PASSWORD_FILE RESTIC_CACHE_DIR
         ;;
     rustic)
@@ -138,8 +167,8 @@ for tool in $TOOLS; do
         run rustic init rustic init
         run rustic backup rustic backup "$TREE"
         run rustic rebackup rustic backup "$TREE"
-        run rustic restore rustic restore latest "$WORK/restore-rustic"
-        verify rustic "$WORK/restore-rustic$TREE"
+        run rustic restore rustic restore latest "$out"
+        verify rustic "$out$TREE"
         unset RUSTIC_REPOSITORY RUSTIC_PASSWORD_FILE RUSTIC_CACHE_DIR RUSTIC_NO_PROGRESS
         ;;
     borg)
@@ -150,23 +179,29 @@ for tool in $TOOLS; do
         run borg init borg init --encryption=repokey-blake2
         run borg backup borg create ::first "$TREE"
         run borg rebackup borg create ::second "$TREE"
-        (cd "$WORK/restore-borg" && run borg restore borg extract ::first)
-        verify borg "$WORK/restore-borg$TREE"
+        (cd "$out" && run borg restore borg extract ::first)
+        verify borg "$out$TREE"
         unset BORG_REPO BORG_PASSCOMMAND BORG_BASE_DIR
         ;;
     *) echo "compare.sh: unknown tool $tool" >&2; exit 2 ;;
     esac
-    rm -rf "$WORK/restore-$tool"
-    [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK/repo-$tool" "$WORK/cache-$tool"
 done
+done
+if [ "${KEEP:-0}" != 1 ]; then
+    rm -rf "$WORK"/restore-* "$WORK"/repo-* "$WORK"/cache-*
+fi
 
 # The table: per step, each tool's time, MB/s (tree bytes over wall time), CPU seconds and
 # peak RSS; then agentctl against the fastest (and leanest) peer.
 awk -F'\t' -v bytes="$bytes" '
-    $2 == "verify" { ok[$1] = $3; next }
+    function max(x) { return x > 0.01 ? x : 0.01 }
+    $2 == "verify" { if (ok[$1] != "DIFFERS") ok[$1] = $3; next }
     $2 == "init" { next }
     {
-        wall[$1, $2] = $3; rss[$1, $2] = $4; cpu[$1, $2] = $5
+        k = $1 SUBSEP $2
+        if (!(k in wall) || $3 < wall[k]) wall[k] = $3
+        if (!(k in cpu) || $5 < cpu[k]) cpu[k] = $5
+        if ($4 > rss[k]) rss[k] = $4
         if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1 }
         if ($4 > peak[$1]) peak[$1] = $4
     }
@@ -177,22 +212,25 @@ awk -F'\t' -v bytes="$bytes" '
             t = order[i]; st = steps[s]
             if ((t, st) in wall)
                 printf "| %s | %s | %.2f | %.0f | %.2f | %.0f |\n", t, st, wall[t, st],
-                    bytes / 1e6 / (wall[t, st] > 0 ? wall[t, st] : 0.01), cpu[t, st],
+                    bytes / 1e6 / max(wall[t, st]), cpu[t, st],
                     rss[t, st] / 1024
         }
-        printf "\nrestore verified: "
+        printf "\nrestore verified (diff -r): "
         for (i = 1; i <= n; i++) printf "%s=%s ", order[i], ok[order[i]]
-        printf "\n\n| step | fastest peer | agentctl speed-up vs it |\n|---|---|---|\n"
+        printf "\n\n| step | fastest peer (wall) | agentctl speed-up, wall | "
+        printf "most frugal peer (CPU) | agentctl CPU saving |\n|---|---|---|---|---|\n"
         for (s = 1; s <= 3; s++) {
-            st = steps[s]; best = ""; 
+            st = steps[s]; best = ""; frugal = ""
             for (i = 1; i <= n; i++) {
                 t = order[i]
                 if (t == "agentctl" || !((t, st) in wall)) continue
                 if (best == "" || wall[t, st] < wall[best, st]) best = t
+                if (frugal == "" || cpu[t, st] < cpu[frugal, st]) frugal = t
             }
             if (best != "" && ("agentctl", st) in wall)
-                printf "| %s | %s (%.2f s) | %.2f× |\n", st, best, wall[best, st],
-                    wall[best, st] / (wall["agentctl", st] > 0 ? wall["agentctl", st] : 0.01)
+                printf "| %s | %s %.2f s | %.2f× | %s %.2f s | %.2f× |\n", st, best,
+                    wall[best, st], wall[best, st] / max(wall["agentctl", st]),
+                    frugal, cpu[frugal, st], cpu[frugal, st] / max(cpu["agentctl", st])
         }
         lean = ""
         for (i = 1; i <= n; i++) {
@@ -200,6 +238,8 @@ awk -F'\t' -v bytes="$bytes" '
             if (t != "agentctl" && (lean == "" || peak[t] < peak[lean])) lean = t
         }
         if (lean != "" && ("agentctl" in peak))
-            printf "\npeak RSS: agentctl %.0f MiB, leanest peer %s %.0f MiB: %.2f of it\n",
+            printf "\npeak RSS over all steps: agentctl %.0f MiB, leanest peer %s %.0f MiB " \
+                "(agentctl uses %.2f of it)\n",
                 peak["agentctl"] / 1024, lean, peak[lean] / 1024, peak["agentctl"] / peak[lean]
     }' "$results"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

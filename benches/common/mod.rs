@@ -70,7 +70,7 @@ pub fn text_bytes(len: usize, seed: u64) -> Vec<u8> {
     };
     let templates: Vec<String> = (0..300)
         .map(|_| {
-            let words = 20 + rng.below(41) as usize;
+            let words = 3 + rng.below(8) as usize;
             (0..words)
                 .map(|_| vocab[skewed(&mut rng, vocab.len())].as_str())
                 .collect::<Vec<_>>()
