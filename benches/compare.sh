@@ -13,6 +13,8 @@
 #               or ./target); build it with `cargo build --release` first.
 #   TOOLS       which tools to run (default "agentctl restic rustic borg"; missing ones are
 #               skipped).
+#   RESTORE_IN  where restores go (default $WORK); e.g. /dev/shm to take the file system's
+#               cost of creating 50,000 files out of the restore figures.
 #   RUNS        rounds (default 1); each round runs every tool once, starting with a different
 #               tool each round; the table keeps each figure's best round (least disturbed by
 #               other load on the machine).
@@ -28,6 +30,7 @@
 set -euo pipefail
 
 WORK=${WORK:-/var/tmp/hostagent-compare}
+RESTORE_IN=${RESTORE_IN:-$WORK}
 TOOLS=${TOOLS:-"agentctl restic rustic borg"}
 here=$(cd "$(dirname "$0")/.." && pwd)
 AGENTCTL=${AGENTCTL:-${CARGO_TARGET_DIR:-$here/target}/release/agentctl}
@@ -125,13 +128,13 @@ verify() {
 # fresh TOOL: a new repository and cache; sets $out, this round's (new) restore target.
 fresh() {
     rm -rf "$WORK/repo-$1" "$WORK/cache-$1"
-    out=$WORK/restore-$1-$round
+    out=$RESTORE_IN/restore-$1-$round
     rm -rf "$out"
     mkdir -p "$out" "$WORK/cache-$1"
 }
 
 read -r -a tools <<<"$TOOLS"
-rm -rf "$WORK"/restore-*
+rm -rf "$RESTORE_IN"/restore-*
 for ((round = 1; round <= ${RUNS:-1}; round++)); do
 for ((k = 0; k < ${#tools[@]}; k++)); do
     tool=${tools[$(((k + round - 1) % ${#tools[@]}))]}
@@ -188,7 +191,7 @@ for ((k = 0; k < ${#tools[@]}; k++)); do
 done
 done
 if [ "${KEEP:-0}" != 1 ]; then
-    rm -rf "$WORK"/restore-* "$WORK"/repo-* "$WORK"/cache-*
+    rm -rf "$RESTORE_IN"/restore-* "$WORK"/repo-* "$WORK"/cache-*
 fi
 
 # The table: per step, each tool's time, MB/s (tree bytes over wall time), CPU seconds and
