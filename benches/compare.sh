@@ -108,8 +108,8 @@ run() {
     local cpu
     cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN{print u+s}')
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$step" "$wall" "$rss" "$cpu" "$round" >>"$results"
-    printf '  round %s %-8s %-9s %8.2f s wall %7.2f s CPU %7d KiB\n' "$round" "$tool" "$step" \
-        "$wall" "$cpu" "$rss" >&2
+    printf '  round %s %-8s %-9s %8.2f s wall %7.2f s CPU %7d KiB  (load %s)\n' "$round" \
+        "$tool" "$step" "$wall" "$cpu" "$rss" "$(cut -d' ' -f1 /proc/loadavg)" >&2
     sync
 }
 
@@ -190,9 +190,6 @@ for ((k = 0; k < ${#tools[@]}; k++)); do
     esac
 done
 done
-if [ "${KEEP:-0}" != 1 ]; then
-    rm -rf "$RESTORE_IN"/restore-* "$WORK"/repo-* "$WORK"/cache-*
-fi
 
 # The table: per step, each tool's time, MB/s (tree bytes over wall time), CPU seconds and
 # peak RSS; then agentctl against the fastest (and leanest) peer.
@@ -246,3 +243,9 @@ awk -F'\t' -v bytes="$bytes" '
                 peak["agentctl"] / 1024, lean, peak[lean] / 1024, peak["agentctl"] / peak[lean]
     }' "$results"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+# Last, because deleting several restored trees takes minutes on ext4. Wait a few minutes
+# before measuring restores again: freshly freed inodes slow down file creation.
+if [ "${KEEP:-0}" != 1 ]; then
+    echo "removing restored trees and repositories ..." >&2
+    rm -rf "$RESTORE_IN"/restore-* "$WORK"/repo-* "$WORK"/cache-*
+fi
