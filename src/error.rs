@@ -39,6 +39,8 @@ pub enum Kind {
     Io,
     /// The operation was cancelled on request.
     Cancelled,
+    /// A systemd unit could not be stopped or started, or a post-restore step failed.
+    Unit,
 }
 
 /// The engine's error: a kind, an operator-facing message, an optional cause.

@@ -15,6 +15,8 @@ pub struct Progress {
     pub bytes_done: AtomicU64,
     pub errors: AtomicU64,
     cancelled: AtomicBool,
+    /// The step an operation of several steps is in ("stop units", "restore", ...).
+    step: std::sync::Mutex<String>,
 }
 
 /// A copy of the counters at one moment.
@@ -44,6 +46,14 @@ impl Progress {
 
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set_step(&self, step: &str) {
+        *self.step.lock().unwrap() = step.to_string();
+    }
+
+    pub fn step(&self) -> String {
+        self.step.lock().unwrap().clone()
     }
 
     /// Asks the operation to stop at its next check.

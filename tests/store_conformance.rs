@@ -36,3 +36,20 @@ fn local_store_refuses_keys_that_escape_its_root() {
     }
     assert!(!dir.path().join("outside").exists());
 }
+
+#[test]
+fn faulty_wrapper_conforms_within_its_budget_and_then_fails_everything() {
+    use hostagent::store::{FaultyStore, ObjectStore, StoreErrorKind};
+    use std::sync::Arc;
+    conformance::run_all(&FaultyStore::unlimited(Arc::new(MemoryStore::new())));
+    let store = FaultyStore::new(Arc::new(MemoryStore::new()), 1);
+    store.put("a", b"1").unwrap();
+    assert_eq!(store.get("a").unwrap(), b"1");
+    assert_eq!(
+        store.put("b", b"2").unwrap_err().kind,
+        StoreErrorKind::Permanent
+    );
+    assert!(store.has_failed());
+    assert_eq!(store.get("a").unwrap_err().kind, StoreErrorKind::Permanent);
+    assert_eq!(store.mutations(), 1);
+}

@@ -31,11 +31,37 @@ pub use exclude::{CACHEDIR_TAG, Excludes};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::snapshot::{FileError, MAX_RECORDED_ERRORS, SnapshotStats};
-use crate::repo::{Id, Repository, Snapshot, SnapshotStatus};
+use crate::repo::{Id, PackRecord, Repository, Snapshot, SnapshotStatus};
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Directories known to have changed since a parent snapshot (from a file-system watch).
+///
+/// With hints, a directory that holds no hinted path, and whose own metadata equals its node
+/// in `parent`, keeps the parent's subtree without being listed. Whoever gives hints
+/// vouches that every change below the backed-up paths since `parent` was taken touched a
+/// hinted directory (a created, removed, written or re-attributed entry hints the directory
+/// holding it); when in doubt, give none: the backup then compares every entry.
+#[derive(Debug, Clone)]
+pub struct ChangeHints {
+    /// The snapshot the hints are relative to; it becomes the parent.
+    pub parent: Id,
+    /// Absolute paths of changed directories (and entries).
+    pub changed: std::collections::BTreeSet<PathBuf>,
+}
+
+impl ChangeHints {
+    /// Whether `dir` or anything below it is hinted. Descendants of a path sort right
+    /// after it (paths compare by components), so one range lookup answers.
+    pub fn touches(&self, dir: &Path) -> bool {
+        self.changed
+            .range(dir.to_path_buf()..)
+            .next()
+            .is_some_and(|p| p.starts_with(dir))
+    }
+}
 
 /// How to choose the snapshot an incremental backup compares against.
 #[derive(Debug, Clone, Default)]
@@ -57,6 +83,8 @@ pub struct BackupOptions {
     pub excludes: Excludes,
     pub parent: ParentChoice,
     pub expires: Option<chrono::DateTime<chrono::Utc>>,
+    /// Change hints; they override `parent` with their own.
+    pub hints: Option<ChangeHints>,
     /// Reader and packer threads each; 0 means one per core.
     pub threads: usize,
     pub progress: Arc<Progress>,
@@ -72,6 +100,7 @@ impl BackupOptions {
             excludes: Excludes::none(),
             parent: ParentChoice::Auto,
             expires: None,
+            hints: None,
             threads: 0,
             progress: Arc::new(Progress::new()),
         }
@@ -89,11 +118,15 @@ pub fn hostname() -> String {
 pub struct BackupReport {
     pub id: Id,
     pub snapshot: Snapshot,
+    /// Directories kept from the parent without listing them (change hints).
+    pub dirs_reused: u64,
 }
 
 /// State every stage shares: dedup set, counters, per-file errors, the first fatal error.
 pub(crate) struct Shared<'a> {
     pub repo: &'a Repository,
+    /// The index as it was when the backup started: what is already stored.
+    pub index: Arc<crate::repo::Index>,
     pub progress: &'a Progress,
     /// Blob IDs sent to a packer during this backup, so a chunk seen twice is stored once.
     pub seen: Mutex<HashSet<Id>>,
@@ -121,6 +154,8 @@ pub(crate) struct Stats {
     pub data_blobs_new: AtomicU64,
     pub tree_blobs_new: AtomicU64,
     pub packs_written: AtomicU64,
+    /// Directories kept from the parent snapshot on the strength of change hints.
+    pub dirs_reused: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64, n: u64) {
@@ -130,7 +165,7 @@ pub(crate) fn bump(c: &AtomicU64, n: u64) {
 impl<'a> Shared<'a> {
     /// Whether a blob must be stored: not in the repository and not yet sent by this backup.
     pub fn claim(&self, id: &Id) -> bool {
-        !self.repo.index().contains(id) && self.seen.lock().unwrap().insert(*id)
+        !self.index.contains(id) && self.seen.lock().unwrap().insert(*id)
     }
 
     /// Records a per-file problem: the snapshot still completes, as PartiallyFailed.
@@ -183,8 +218,13 @@ pub fn absolute(path: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Takes a snapshot of `opts.paths` into `repo`.
+/// Takes a snapshot of `opts.paths` into `repo`. What it stored is added to `repo`'s
+/// in-memory index, so the same handle can restore it at once.
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupReport> {
+    crate::stack::with_deep_stack(|| backup_on_this_thread(repo, opts))
+}
+
+fn backup_on_this_thread(repo: &Repository, opts: &BackupOptions) -> Result<BackupReport> {
     let started = std::time::Instant::now();
     let time = chrono::Utc::now();
     if opts.paths.is_empty() {
@@ -205,7 +245,11 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupReport> {
     paths.dedup();
     let path_strings: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
 
-    let parent = match &opts.parent {
+    let parent_choice = match &opts.hints {
+        Some(h) => ParentChoice::Id(h.parent),
+        None => opts.parent.clone(),
+    };
+    let parent = match &parent_choice {
         ParentChoice::None => None,
         ParentChoice::Id(id) => Some((*id, repo.read_snapshot(id)?)),
         ParentChoice::Auto => repo
@@ -222,6 +266,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupReport> {
 
     let shared = Shared {
         repo,
+        index: repo.index(),
         progress: &opts.progress,
         seen: Mutex::new(HashSet::new()),
         stats: Stats::default(),
@@ -234,25 +279,29 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupReport> {
     } else {
         opts.threads
     };
-    let (root, unindexed) = run_pipeline(
+    let (root, (mut indexed, unindexed)) = run_pipeline(
         &shared,
         &paths,
         parent_tree.as_ref(),
         &opts.excludes,
+        opts.hints.as_ref(),
         threads,
     );
 
     if let Some(err) = shared.failure.lock().unwrap().take() {
         // Packs already uploaded but not yet indexed: list them so the next backup reuses them.
-        if !unindexed.is_empty() {
-            let _ = repo.write_index(&unindexed);
+        if !unindexed.is_empty() && repo.write_index(&unindexed).is_ok() {
+            indexed.extend(unindexed);
         }
+        repo.add_to_index(&indexed);
         return Err(err);
     }
     let root = root.expect("pipeline returns a root tree unless it failed");
     if !unindexed.is_empty() {
         repo.write_index(&unindexed)?;
+        indexed.extend(unindexed);
     }
+    repo.add_to_index(&indexed);
 
     let errors = std::mem::take(&mut *shared.errors.lock().unwrap());
     let s = &shared.stats;
@@ -300,7 +349,11 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupReport> {
         program_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let id = repo.write_snapshot(&snapshot)?;
-    Ok(BackupReport { id, snapshot })
+    Ok(BackupReport {
+        id,
+        snapshot,
+        dirs_reused: get(&s.dirs_reused),
+    })
 }
 
 /// Runs every stage on scoped threads; returns the root tree (None on failure) and the packs
@@ -310,8 +363,9 @@ fn run_pipeline(
     paths: &[PathBuf],
     parent: Option<&crate::repo::Tree>,
     excludes: &Excludes,
+    hints: Option<&ChangeHints>,
     threads: usize,
-) -> (Option<Id>, Vec<crate::repo::PackRecord>) {
+) -> (Option<Id>, (Vec<PackRecord>, Vec<PackRecord>)) {
     use crossbeam_channel::bounded;
     let (event_tx, event_rx) = bounded(4096);
     let (job_tx, job_rx) = bounded::<reader::FileJob>(256);
@@ -334,7 +388,7 @@ fn run_pipeline(
         let uploader = scope.spawn(move || packer::upload(shared, pack_rx));
         drop((job_rx, blob_tx, blob_rx, pack_tx));
 
-        walker::Walker::new(shared, excludes, event_tx, job_tx).run(paths, parent);
+        walker::Walker::new(shared, excludes, hints, event_tx, job_tx).run(paths, parent);
 
         let root = trees.join().expect("tree builder panicked");
         let unindexed = uploader.join().expect("uploader panicked");

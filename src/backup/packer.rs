@@ -114,10 +114,28 @@ pub(super) fn run(shared: &Shared<'_>, blobs: Receiver<NewBlob>, out: Sender<Fin
     packer.finish();
 }
 
-/// Stores packs as they come; returns those not yet listed in an index file.
-pub(super) fn upload(shared: &Shared<'_>, packs: Receiver<FinishedPack>) -> Vec<PackRecord> {
+/// Stores packs as they come, with as many uploads in flight as the store wants; returns
+/// every pack stored and those of them not yet listed in an index file.
+pub(super) fn upload(
+    shared: &Shared<'_>,
+    packs: Receiver<FinishedPack>,
+) -> (Vec<PackRecord>, Vec<PackRecord>) {
+    let lists = std::sync::Mutex::new((Vec::new(), Vec::new()));
+    let uploads = shared.repo.store().parallelism().clamp(1, 32);
+    std::thread::scope(|scope| {
+        for _ in 0..uploads {
+            let (packs, lists) = (packs.clone(), &lists);
+            scope.spawn(move || upload_each(shared, packs, lists));
+        }
+    });
+    lists.into_inner().unwrap()
+}
+
+/// (indexed, pending): packs listed by a checkpoint index file, and packs not yet listed.
+type PackLists = std::sync::Mutex<(Vec<PackRecord>, Vec<PackRecord>)>;
+
+fn upload_each(shared: &Shared<'_>, packs: Receiver<FinishedPack>, lists: &PackLists) {
     let repo = shared.repo;
-    let mut pending = Vec::new();
     for pack in packs {
         if shared.aborted() {
             let _ = std::fs::remove_file(&pack.path);
@@ -134,13 +152,25 @@ pub(super) fn upload(shared: &Shared<'_>, packs: Receiver<FinishedPack>) -> Vec<
         }
         bump(&shared.stats.bytes_stored, size);
         bump(&shared.stats.packs_written, 1);
-        pending.push(pack.record);
-        if pending.len() >= CHECKPOINT_PACKS {
-            match repo.write_index(&pending) {
-                Ok(_) => pending.clear(),
-                Err(e) => shared.fail(e),
+        let checkpoint = {
+            let mut l = lists.lock().unwrap();
+            l.1.push(pack.record);
+            if l.1.len() >= CHECKPOINT_PACKS {
+                std::mem::take(&mut l.1)
+            } else {
+                Vec::new()
+            }
+        };
+        if checkpoint.is_empty() {
+            continue;
+        }
+        match repo.write_index(&checkpoint) {
+            Ok(_) => lists.lock().unwrap().0.extend(checkpoint),
+            Err(e) => {
+                // Keep them for the final index, which the failure path still tries to write.
+                lists.lock().unwrap().1.extend(checkpoint);
+                shared.fail(e);
             }
         }
     }
-    pending
 }

@@ -73,12 +73,18 @@ pub(super) fn run(shared: &Shared<'_>, jobs: Receiver<FileJob>, blobs: Sender<Ne
     };
     let mut buf = Vec::new();
     for job in jobs {
+        // The walk may be long over when a cancel comes: readers must notice it too.
+        if shared.progress.is_cancelled() {
+            shared.fail(crate::error::Error::cancelled());
+        }
         if shared.aborted() {
             job.slot.set(FileOutcome::Failed("backup aborted".into()));
             continue;
         }
         let outcome = match read_file(shared, &job, &params, &mut buf, &blobs) {
             Ok(o) => o,
+            // Stopped by a cancel or another stage's failure: not a problem of this file.
+            Err(msg) if shared.aborted() => FileOutcome::Failed(msg),
             Err(msg) => {
                 shared.file_error(&job.path, &msg);
                 FileOutcome::Failed(msg)
@@ -188,6 +194,10 @@ fn chunk_region(
     let mut total = 0u64;
     buf.clear();
     loop {
+        if shared.progress.is_cancelled() {
+            shared.fail(crate::error::Error::cancelled());
+            return Err(std::io::Error::other("backup cancelled"));
+        }
         // Fill the buffer up to the window (or the end of the region).
         let want = (window - buf.len()).min(remaining as usize);
         if want > 0 {

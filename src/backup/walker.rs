@@ -7,7 +7,7 @@
 
 use super::reader::{FileJob, Slot};
 use super::trees::Event;
-use super::{Excludes, Shared, bump};
+use super::{ChangeHints, Excludes, Shared, bump};
 use crate::fsmeta::{self, EntryType, OwnerNames};
 use crate::progress::Progress;
 use crate::repo::Id;
@@ -53,6 +53,7 @@ impl Selection {
 pub(super) struct Walker<'s, 'r> {
     shared: &'s Shared<'r>,
     excludes: &'s Excludes,
+    hints: Option<&'s ChangeHints>,
     events: Sender<Event>,
     jobs: Sender<FileJob>,
     owners: OwnerNames,
@@ -66,12 +67,14 @@ impl<'s, 'r> Walker<'s, 'r> {
     pub fn new(
         shared: &'s Shared<'r>,
         excludes: &'s Excludes,
+        hints: Option<&'s ChangeHints>,
         events: Sender<Event>,
         jobs: Sender<FileJob>,
     ) -> Self {
         Walker {
             shared,
             excludes,
+            hints,
             events,
             jobs,
             owners: OwnerNames::default(),
@@ -196,7 +199,13 @@ impl<'s, 'r> Walker<'s, 'r> {
                 return;
             }
             EntryType::Dir => {
-                let node = self.dir_node(path, name, &meta, parent);
+                let mut node = self.dir_node(path, name, &meta, parent);
+                if let Some(tree) = self.reusable_subtree(path, &node, prev) {
+                    node.kind = NodeKind::Dir { tree };
+                    bump(&stats.dirs_reused, 1);
+                    self.emit(Event::Node(node));
+                    return;
+                }
                 let sub = self.parent_subtree(parent, name.as_bytes());
                 self.emit(Event::EnterDir);
                 self.walk_dir(path, sub.as_ref());
@@ -227,6 +236,72 @@ impl<'s, 'r> Walker<'s, 'r> {
         let mut node = fsmeta::node_from_meta(name, &meta, kind, &mut self.owners);
         self.fill_xattrs(path, &mut node, prev);
         self.emit(Event::Node(node));
+    }
+
+    /// The parent's subtree for `path`, when change hints say nothing below it changed and
+    /// the directory itself looks as it did. Its entries are counted as if walked.
+    fn reusable_subtree(&self, path: &Path, node: &Node, prev: Option<&Node>) -> Option<Id> {
+        let hints = self.hints?;
+        let prev = prev?;
+        let NodeKind::Dir { tree } = prev.kind else {
+            return None;
+        };
+        if hints.touches(path)
+            || prev.mtime != node.mtime
+            || prev.ctime != node.ctime
+            || prev.inode != node.inode
+            || prev.mode != node.mode
+            || prev.xattrs != node.xattrs
+        {
+            return None;
+        }
+        let mut count = Counts::default();
+        self.count_subtree(&tree, &mut count)?;
+        let stats = &self.shared.stats;
+        let progress = self.shared.progress;
+        bump(&stats.dirs, count.dirs);
+        bump(&stats.files, count.files);
+        bump(&stats.files_unmodified, count.files);
+        bump(&stats.total_bytes, count.bytes);
+        bump(&stats.symlinks, count.symlinks);
+        bump(&stats.others, count.others);
+        Progress::add(&progress.files_seen, count.files);
+        Progress::add(&progress.files_done, count.files);
+        Progress::add(&progress.bytes_seen, count.bytes);
+        Progress::add(&progress.bytes_done, count.bytes);
+        Some(tree)
+    }
+
+    /// Counts a stored subtree; None when any of its trees or data is not in the index (the
+    /// directory is then walked as usual).
+    fn count_subtree(&self, id: &Id, count: &mut Counts) -> Option<()> {
+        let index = self.shared.repo.index();
+        if !index.contains(id) {
+            return None;
+        }
+        let tree = self.shared.repo.read_tree(id).ok()?;
+        for n in &tree.nodes {
+            match &n.kind {
+                NodeKind::Dir { tree } => {
+                    count.dirs += 1;
+                    self.count_subtree(tree, count)?;
+                }
+                NodeKind::File { extents } => {
+                    let indexed = extents.iter().all(|e| match e {
+                        Extent::Data { id, .. } => index.contains(id),
+                        Extent::Hole { .. } => true,
+                    });
+                    if !indexed {
+                        return None;
+                    }
+                    count.files += 1;
+                    count.bytes += n.size;
+                }
+                NodeKind::Symlink { .. } => count.symlinks += 1,
+                _ => count.others += 1,
+            }
+        }
+        Some(())
     }
 
     fn dir_node(
@@ -288,7 +363,7 @@ impl<'s, 'r> Walker<'s, 'r> {
             && unchanged(p, &node)
             && let NodeKind::File { extents } = &p.kind
             && extents.iter().all(|e| match e {
-                Extent::Data { id, .. } => self.shared.repo.index().contains(id),
+                Extent::Data { id, .. } => self.shared.index.contains(id),
                 Extent::Hole { .. } => true,
             })
         {
@@ -343,6 +418,15 @@ impl<'s, 'r> Walker<'s, 'r> {
             path: path.to_path_buf(),
         });
     }
+}
+
+#[derive(Default)]
+struct Counts {
+    dirs: u64,
+    files: u64,
+    bytes: u64,
+    symlinks: u64,
+    others: u64,
 }
 
 /// The incremental test: same size, mtime, ctime, inode and mode as in the parent snapshot.

@@ -1,8 +1,8 @@
 //! The standalone commands: each opens the repository, calls the engine, prints the result.
 
 use super::output::{self, Bar};
-use super::{Cli, Command, EXIT_PARTIAL, RepoCommand, access};
-use crate::backup::{self, BackupOptions, Excludes, ParentChoice};
+use super::{Cli, Command, EXIT_PARTIAL, RepoCommand, access, maint};
+use crate::backup::{BackupOptions, Excludes, ParentChoice};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::tree::{Node, NodeKind, Tree};
@@ -18,6 +18,11 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
     let g = &cli.global;
     match &cli.command {
         Command::Repo(RepoCommand::Init) => {
+            if let Some(checked) = access::check_s3(g)?
+                && !g.json
+            {
+                println!("checked {checked}");
+            }
             let store = access::store(g)?;
             let (password, _) = access::password(g, true)?;
             let repo = Repository::init(store, &password, InitOptions::default())?;
@@ -36,7 +41,13 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Snapshot(a) => {
-            let repo = open(g)?;
+            if a.paths.is_empty() {
+                return Err(Error::invalid(
+                    "no paths to back up: name at least one (agentd backs up its configured \
+                     paths: drop --repo to ask it)",
+                ));
+            }
+            let mut repo = open(g)?;
             let mut opts = BackupOptions::new(a.paths.clone());
             opts.tags = a.tags.clone();
             opts.excludes = Excludes::new(&a.excludes, a.exclude_caches)?;
@@ -47,8 +58,12 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             if a.force {
                 opts.parent = ParentChoice::None;
             }
+            if let Some(ttl) = &a.ttl {
+                opts.expires =
+                    Some(chrono::Utc::now() + crate::maintenance::retention::parse_ttl(ttl)?);
+            }
             let bar = Bar::start(opts.progress.clone(), "snapshot", !g.quiet && !g.json);
-            let report = backup::backup(&repo, &opts);
+            let report = crate::maintenance::backup(&mut repo, &opts);
             drop(bar);
             let report = report?;
             let s = &report.snapshot;
@@ -214,6 +229,13 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::NodeRestore(a) => super::node::run(g, a),
+        Command::Status | Command::Operations(_) | Command::Watch(_) | Command::Cancel(_) => {
+            Err(Error::invalid(
+                "this command asks agentd: drop --repo (and pass --socket if agentd listens \
+             elsewhere)",
+            ))
+        }
         Command::Restore(a) => {
             let repo = open(g)?;
             let snap = repo.resolve_snapshot(&a.snapshot)?;
@@ -262,10 +284,17 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Forget(a) => maint::forget(g, a),
+        Command::Delete(a) => maint::delete(g, a),
+        Command::Prune(a) => maint::prune_cmd(g, a),
+        Command::Check(a) => maint::check_cmd(g, a),
+        Command::Repair(a) => maint::repair_cmd(g, a),
+        Command::Key(c) => maint::key(g, c),
+        Command::Unlock(a) => maint::unlock(g, a),
     }
 }
 
-fn open(g: &super::Global) -> Result<Repository> {
+pub(super) fn open(g: &super::Global) -> Result<Repository> {
     let store = access::store(g)?;
     let (password, source) = access::password(g, false)?;
     Repository::open(store, &password).map_err(|e| {

@@ -5,7 +5,7 @@
 //! sorted array of 44-byte entries plus a table of packs, searched by binary search from a
 //! 64 Ki-bucket offset table: 44 bytes per blob (+49 per pack, +256 KiB fixed).
 
-use super::crypto::{Keys, SALT_LEN};
+use super::crypto::{Keys, SALT_LEN, random_bytes};
 use super::id::Id;
 use super::pack::{BlobKind, HeaderEntry, PackRecord};
 use crate::error::{Error, Result};
@@ -22,6 +22,25 @@ pub fn index_key(id: &Id) -> String {
 
 /// Encodes packs into a sealed index file; returns its ID and bytes.
 pub fn encode_file(keys: &Keys, packs: &[PackRecord]) -> (Id, Vec<u8>) {
+    encode_file_with_salt(keys, packs, &random_bytes())
+}
+
+/// [`encode_file`] with a chosen sealing salt: for golden test vectors only.
+#[doc(hidden)]
+pub fn encode_file_with_salt(
+    keys: &Keys,
+    packs: &[PackRecord],
+    salt: &[u8; SALT_LEN],
+) -> (Id, Vec<u8>) {
+    let plain = encode_plaintext(packs);
+    let compressed = zstd::bulk::compress(&plain, 3).expect("zstd compresses in memory");
+    let sealed = keys.seal_with_salt(salt, INDEX_AAD, &compressed);
+    (Id::of_stored(&sealed), sealed)
+}
+
+/// The index file's bytes before compression and sealing.
+#[doc(hidden)]
+pub fn encode_plaintext(packs: &[PackRecord]) -> Vec<u8> {
     let blobs: usize = packs.iter().map(|p| p.blobs.len()).sum();
     let mut plain = Vec::with_capacity(9 + packs.len() * PACK_FIXED_LEN + blobs * BLOB_LEN);
     plain.extend_from_slice(INDEX_MAGIC);
@@ -39,9 +58,7 @@ pub fn encode_file(keys: &Keys, packs: &[PackRecord]) -> (Id, Vec<u8>) {
             plain.extend_from_slice(&b.raw_len.to_le_bytes());
         }
     }
-    let compressed = zstd::bulk::compress(&plain, 3).expect("zstd compresses in memory");
-    let sealed = keys.seal(INDEX_AAD, &compressed);
-    (Id::of_stored(&sealed), sealed)
+    plain
 }
 
 /// Decodes a sealed index file into pack records.
@@ -146,7 +163,7 @@ pub struct Location<'a> {
 }
 
 /// The in-memory index of every blob in the loaded index files.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Index {
     packs: Vec<PackInfo>,
     entries: Vec<Entry>,

@@ -33,7 +33,7 @@ pub use tree::{Node, NodeKind, Tree};
 use crate::error::{Error, Kind, Result};
 use crate::store::{ObjectStore, StoreErrorKind};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// Options for creating a repository; `None` takes the measured defaults.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +49,9 @@ pub struct Repository {
     store: Arc<dyn ObjectStore>,
     config: Config,
     keys: Keys,
-    index: Index,
+    /// Replaced whole when it grows (after a backup, a reload); readers keep the Arc they
+    /// took, so lookups never wait on a writer.
+    index: RwLock<Arc<Index>>,
     spool_dir: PathBuf,
 }
 
@@ -72,6 +74,26 @@ impl Repository {
         store: Arc<dyn ObjectStore>,
         password: &[u8],
         opts: InitOptions,
+    ) -> Result<Repository> {
+        Self::init_with_keys(store, password, opts, Keys::generate())
+    }
+
+    /// [`Repository::init`] with a chosen master key: for golden test vectors only.
+    #[doc(hidden)]
+    pub fn init_with_master_key(
+        store: Arc<dyn ObjectStore>,
+        password: &[u8],
+        opts: InitOptions,
+        master: [u8; 32],
+    ) -> Result<Repository> {
+        Self::init_with_keys(store, password, opts, Keys::from_master(master))
+    }
+
+    fn init_with_keys(
+        store: Arc<dyn ObjectStore>,
+        password: &[u8],
+        opts: InitOptions,
+        keys: Keys,
     ) -> Result<Repository> {
         match store.get(config::CONFIG_KEY) {
             Ok(_) => {
@@ -98,7 +120,6 @@ impl Repository {
         }
         // Validate what we are about to write with the same checks a reader applies.
         Config::parse(&config.to_bytes(), &store.location())?;
-        let keys = Keys::generate();
         let slot = KeySlot::create(&keys, password, opts.kdf, &config.id, "initial")?;
         let slot_id = Id::of_stored(&slot.to_bytes());
         store
@@ -155,37 +176,79 @@ impl Repository {
 
     fn assemble(store: Arc<dyn ObjectStore>, config: Config, keys: Keys) -> Result<Repository> {
         let spool_dir = store.spool_dir().unwrap_or_else(std::env::temp_dir);
-        let mut repo = Repository {
+        let repo = Repository {
             store,
             config,
             keys,
-            index: Index::new(),
+            index: RwLock::new(Arc::new(Index::new())),
             spool_dir,
         };
         repo.reload_index()?;
         Ok(repo)
     }
 
-    /// Reads every index file again (after other writers added some).
-    pub fn reload_index(&mut self) -> Result<()> {
+    /// Reads every index file again (after other writers added some). Files are fetched and
+    /// decoded by as many threads as the store wants requests in flight.
+    pub fn reload_index(&self) -> Result<()> {
         let files = self
             .store
             .list(index::INDEX_PREFIX)
             .map_err(|e| store_err(e, "cannot list index files"))?;
-        let mut idx = Index::new();
-        for f in files {
-            let id = Id::from_hex(&f.key[index::INDEX_PREFIX.len()..])
-                .map_err(|_| Error::corrupt(format!("unexpected object {} in index/", f.key)))?;
+        let mut ids = Vec::with_capacity(files.len());
+        for f in &files {
+            ids.push(
+                Id::from_hex(&f.key[index::INDEX_PREFIX.len()..]).map_err(|_| {
+                    Error::corrupt(format!("unexpected object {} in index/", f.key))
+                })?,
+            );
+        }
+        let load = |i: usize| -> Result<Vec<PackRecord>> {
             let bytes = self
                 .store
-                .get(&f.key)
+                .get(&files[i].key)
                 .map_err(|e| store_err(e, "cannot read an index file"))?;
-            for pack in index::decode_file(&self.keys, &id, &bytes)? {
+            index::decode_file(&self.keys, &ids[i], &bytes)
+        };
+        let threads = self
+            .store
+            .parallelism()
+            .clamp(1, 16)
+            .min(files.len().max(1));
+        let mut loaded: Vec<Option<Result<Vec<PackRecord>>>> = Vec::new();
+        if threads == 1 {
+            loaded.extend((0..files.len()).map(|i| Some(load(i))));
+        } else {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let slots = std::sync::Mutex::new((0..files.len()).map(|_| None).collect::<Vec<_>>());
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|| {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= files.len() {
+                                break;
+                            }
+                            let result = load(i);
+                            let failed = result.is_err();
+                            slots.lock().unwrap()[i] = Some(result);
+                            if failed {
+                                // Stop the other threads early: one error fails the load.
+                                next.store(files.len(), std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            loaded = slots.into_inner().unwrap();
+        }
+        let mut idx = Index::new();
+        for packs in loaded.into_iter().flatten() {
+            for pack in packs? {
                 idx.add_pack(&pack);
             }
         }
         idx.finalize();
-        self.index = idx;
+        *self.index.write().unwrap() = Arc::new(idx);
         Ok(())
     }
 
@@ -201,8 +264,29 @@ impl Repository {
         &self.keys
     }
 
-    pub fn index(&self) -> &Index {
-        &self.index
+    /// The index as loaded now; it does not change under the caller.
+    pub fn index(&self) -> Arc<Index> {
+        self.index.read().unwrap().clone()
+    }
+
+    /// Adds packs this process wrote (and indexed on the store) to the in-memory index.
+    pub fn add_to_index(&self, packs: &[PackRecord]) {
+        if packs.is_empty() {
+            return;
+        }
+        let mut guard = self.index.write().unwrap();
+        let mut idx = Index::clone(&guard);
+        for p in packs {
+            idx.add_pack(p);
+        }
+        idx.finalize();
+        *guard = Arc::new(idx);
+    }
+
+    /// Swaps in an index built elsewhere: maintenance gives writers a view that hides packs
+    /// pending deletion, so they store those blobs again instead of reusing them.
+    pub fn replace_index(&self, index: Index) {
+        *self.index.write().unwrap() = Arc::new(index);
     }
 
     /// Where packs are built before upload.
@@ -221,24 +305,29 @@ impl Repository {
         raw_len: Option<usize>,
         decoder: &mut BlobDecoder,
     ) -> Result<Vec<u8>> {
-        let loc = self.index.locate(id).ok_or_else(|| {
+        let index = self.index();
+        let loc = index.locate(id).ok_or_else(|| {
             Error::not_found(format!(
                 "blob {} is not in the index (lost data; run a check)",
                 id.short()
             ))
         })?;
         let key = pack::pack_key(&loc.pack.id);
-        let mut buf = self
-            .store
-            .get_range(&key, loc.offset as u64, loc.stored_len as u64)
-            .map_err(|e| {
-                let what = if e.kind == StoreErrorKind::NotFound {
-                    format!("pack {} is missing", loc.pack.id.short())
-                } else {
-                    format!("cannot read pack {}", loc.pack.id.short())
-                };
-                Error::from(e).context(what)
-            })?;
+        let (offset, len) = (loc.offset as u64, loc.stored_len as u64);
+        // Trees are read on every listing and incremental backup: let a cache keep them.
+        let read = if loc.pack.kind == BlobKind::Tree {
+            self.store.get_range_cacheable(&key, offset, len)
+        } else {
+            self.store.get_range(&key, offset, len)
+        };
+        let mut buf = read.map_err(|e| {
+            let what = if e.kind == StoreErrorKind::NotFound {
+                format!("pack {} is missing", loc.pack.id.short())
+            } else {
+                format!("cannot read pack {}", loc.pack.id.short())
+            };
+            Error::from(e).context(what)
+        })?;
         if buf.len() != loc.stored_len as usize {
             return Err(Error::corrupt(format!(
                 "pack {} is truncated (blob {} cut short)",
@@ -325,10 +414,12 @@ impl Repository {
             let id = Id::from_hex(&o.key[snapshot::SNAPSHOTS_PREFIX.len()..]).map_err(|_| {
                 Error::corrupt(format!("unexpected object {} in snapshots/", o.key))
             })?;
-            out.push(SnapshotEntry {
-                id,
-                snapshot: self.read_snapshot(&id)?,
-            });
+            // Forgotten by another node since the listing: not an error.
+            let snapshot = match self.read_snapshot(&id) {
+                Err(e) if e.kind() == Kind::NotFound => continue,
+                other => other?,
+            };
+            out.push(SnapshotEntry { id, snapshot });
         }
         out.sort_by(|a, b| {
             (a.snapshot.time(), &a.snapshot.time).cmp(&(b.snapshot.time(), &b.snapshot.time))

@@ -156,6 +156,7 @@ pub fn pack_key(id: &Id) -> String {
 pub struct PackWriter {
     kind: BlobKind,
     salt: [u8; SALT_LEN],
+    header_salt: Option<[u8; SALT_LEN]>,
     cipher: PackCipher,
     path: PathBuf,
     out: BufWriter<File>,
@@ -166,7 +167,19 @@ pub struct PackWriter {
 
 impl PackWriter {
     pub fn create(keys: &Keys, kind: BlobKind, spool_dir: &Path) -> Result<PackWriter> {
-        let salt: [u8; SALT_LEN] = random_bytes();
+        Self::create_with_salts(keys, kind, spool_dir, random_bytes(), None)
+    }
+
+    /// [`PackWriter::create`] with a chosen pack salt and header sealing salt: for golden
+    /// test vectors only.
+    #[doc(hidden)]
+    pub fn create_with_salts(
+        keys: &Keys,
+        kind: BlobKind,
+        spool_dir: &Path,
+        salt: [u8; SALT_LEN],
+        header_salt: Option<[u8; SALT_LEN]>,
+    ) -> Result<PackWriter> {
         let path = spool_dir.join(format!("pack-{}.spool", hex::encode(random_bytes::<12>())));
         let file = File::create(&path).map_err(|e| {
             Error::io(
@@ -178,6 +191,7 @@ impl PackWriter {
             kind,
             cipher: keys.pack_cipher(&salt),
             salt,
+            header_salt,
             path,
             out: BufWriter::with_capacity(1 << 20, file),
             hasher: blake3::Hasher::new(),
@@ -226,7 +240,10 @@ impl PackWriter {
     /// Appends header and trailer and flushes; returns the record and the spool file.
     pub fn finish(mut self, keys: &Keys) -> Result<(PackRecord, PathBuf)> {
         let header = encode_header(self.kind, &self.salt, &self.entries);
-        let sealed = keys.seal(HEADER_AAD, &header);
+        let sealed = match &self.header_salt {
+            Some(salt) => keys.seal_with_salt(salt, HEADER_AAD, &header),
+            None => keys.seal(HEADER_AAD, &header),
+        };
         self.write(&sealed)?;
         let mut trailer = Vec::with_capacity(TRAILER_LEN);
         trailer.extend_from_slice(&(sealed.len() as u32).to_le_bytes());

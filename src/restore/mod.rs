@@ -34,6 +34,9 @@ pub struct RestoreOptions {
     /// Remove target entries that the snapshot does not have, and replace directories that
     /// stand where the snapshot has a file.
     pub delete: bool,
+    /// Restore only this directory of the snapshot (an absolute snapshot path), its contents
+    /// placed directly in the target, which takes the directory's metadata.
+    pub subtree: Option<PathBuf>,
     /// Writer threads; 0 means one per core.
     pub threads: usize,
     pub progress: Arc<Progress>,
@@ -45,6 +48,7 @@ impl RestoreOptions {
             target: target.into(),
             includes: Vec::new(),
             delete: false,
+            subtree: None,
             threads: 0,
             progress: Arc::new(Progress::new()),
         }
@@ -107,12 +111,48 @@ fn include_components(includes: &[PathBuf]) -> Result<Vec<Vec<Vec<u8>>>> {
         .collect()
 }
 
+/// Refuses include paths the snapshot does not have: a mistyped one would otherwise
+/// restore nothing and report success.
+fn check_includes(
+    repo: &Repository,
+    root: &crate::repo::Id,
+    includes: &[Vec<Vec<u8>>],
+    shown: &[PathBuf],
+) -> Result<()> {
+    for (comps, path) in includes.iter().zip(shown) {
+        let missing = || {
+            Error::not_found(format!(
+                "include path {} is not in the snapshot; see its paths with `agentctl ls`",
+                path.display()
+            ))
+        };
+        let mut tree = repo.read_tree(root)?;
+        for (i, name) in comps.iter().enumerate() {
+            let node = tree.get(name).ok_or_else(missing)?;
+            if i + 1 < comps.len() {
+                let sub = node.subtree().ok_or_else(missing)?;
+                tree = repo.read_tree(&sub)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn restore(
     repo: &Repository,
     snapshot: &Snapshot,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
+    crate::stack::with_deep_stack(|| restore_on_this_thread(repo, snapshot, opts))
+}
+
+fn restore_on_this_thread(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
     let includes = include_components(&opts.includes)?;
+    check_includes(repo, &snapshot.tree, &includes, &opts.includes)?;
     let snapshot_paths =
         include_components(&snapshot.paths.iter().map(PathBuf::from).collect::<Vec<_>>())?;
     std::fs::create_dir_all(&opts.target).map_err(|e| {
@@ -133,7 +173,14 @@ pub fn restore(
         opts.threads
     };
     let errors = Errors::default();
-    let root_tree = repo.read_tree(&snapshot.tree)?;
+    let (root_tree, start, root_node) = match &opts.subtree {
+        None => (repo.read_tree(&snapshot.tree)?, Vec::new(), None),
+        Some(sub) => {
+            let comps = include_components(std::slice::from_ref(sub))?.remove(0);
+            let (tree, node) = find_dir(repo, &snapshot.tree, &comps, sub)?;
+            (tree, comps, Some(node))
+        }
+    };
     let (tx, rx) = crossbeam_channel::bounded::<writer::Piece>(256);
     let ctx = writer::Context {
         repo,
@@ -153,7 +200,7 @@ pub fn restore(
             .collect();
         drop(rx);
         let mut planner = planner::Planner::new(&ctx, &includes, &snapshot_paths, opts.delete, tx);
-        planner.run(&root_tree);
+        planner.run(&root_tree, start, root_node);
         let plan = planner.finish();
         let mut report = RestoreReport::default();
         for w in workers {
@@ -169,4 +216,30 @@ pub fn restore(
     report.error_count = errors.count.load(std::sync::atomic::Ordering::Relaxed);
     report.errors = errors.list.into_inner().unwrap();
     Ok(report)
+}
+
+/// The tree and node of the directory at `comps` in a snapshot.
+pub(crate) fn find_dir(
+    repo: &Repository,
+    root: &crate::repo::Id,
+    comps: &[Vec<u8>],
+    shown: &Path,
+) -> Result<(crate::repo::Tree, crate::repo::Node)> {
+    let mut tree = repo.read_tree(root)?;
+    let mut node = None;
+    for c in comps {
+        let n = tree.get(c).cloned().ok_or_else(|| {
+            Error::not_found(format!("{} is not in the snapshot", shown.display()))
+        })?;
+        let id = n.subtree().ok_or_else(|| {
+            Error::invalid(format!(
+                "{} is not a directory in the snapshot",
+                shown.display()
+            ))
+        })?;
+        tree = repo.read_tree(&id)?;
+        node = Some(n);
+    }
+    let node = node.ok_or_else(|| Error::invalid("the subtree to restore must not be the root"))?;
+    Ok((tree, node))
 }

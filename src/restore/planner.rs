@@ -92,11 +92,17 @@ impl<'c, 'r> Planner<'c, 'r> {
         }
     }
 
-    pub fn run(&mut self, root: &Tree) {
+    /// Restores `root`, the tree at snapshot path `start` (empty for the snapshot's root),
+    /// into the target directory. `root_node` is that directory's own node, whose metadata
+    /// the target takes at the end.
+    pub fn run(&mut self, root: &Tree, start: Vec<Vec<u8>>, root_node: Option<Node>) {
         match fsops::open_dir_below(self.ctx.root.as_fd(), Path::new("")) {
             Ok(fd) => {
-                let full = self.select(&[]) == Sel::Full;
-                self.dir(root, Path::new(""), &mut Vec::new(), full, &fd);
+                let full = self.select(&start) == Sel::Full;
+                if let Some(node) = root_node.filter(|_| full) {
+                    self.plan.dir_meta.push((PathBuf::new(), node));
+                }
+                self.dir(root, Path::new(""), &mut start.clone(), full, &fd);
             }
             Err(e) => self.ctx.errors.record(self.ctx.target, e),
         }
@@ -106,6 +112,13 @@ impl<'c, 'r> Planner<'c, 'r> {
     pub fn finish(self) -> Plan {
         drop(self.tx);
         self.plan
+    }
+
+    /// Whether `comps` is a directory strictly above one of the snapshot's paths.
+    fn is_intermediate(&self, comps: &[Vec<u8>]) -> bool {
+        self.snapshot_paths
+            .iter()
+            .any(|p| p.len() > comps.len() && is_prefix(comps, p))
     }
 
     fn display(comps: &[Vec<u8>]) -> PathBuf {
@@ -135,7 +148,9 @@ impl<'c, 'r> Planner<'c, 'r> {
             }
             comps.pop();
         }
-        if full && self.delete {
+        // A directory above a snapshot path holds only that path in the snapshot; what else
+        // the target has beside it was never backed up and is not ours to delete.
+        if full && self.delete && !self.is_intermediate(comps) {
             self.delete_extras(tree, rel, comps, fd);
         }
     }
@@ -155,10 +170,7 @@ impl<'c, 'r> Planner<'c, 'r> {
                     }
                 };
                 self.plan.dirs += 1;
-                let intermediate = self
-                    .snapshot_paths
-                    .iter()
-                    .any(|p| p.len() > comps.len() && is_prefix(comps, p));
+                let intermediate = self.is_intermediate(comps);
                 let child_rel = rel.join(OsStr::from_bytes(name));
                 if created || (sel == Sel::Full && !intermediate) {
                     self.plan.dir_meta.push((child_rel.clone(), node.clone()));

@@ -147,8 +147,11 @@ fn open_file(
         })?;
         let file = File::from(fd);
         // Sizing first makes every hole a hole; data is then written in place.
-        file.set_len(state.node.size)
-            .map_err(|e| crate::error::Error::io("cannot size the file", e).to_string())?;
+        if let Err(e) = file.set_len(state.node.size) {
+            // Nothing will finish this file: remove it now, or it stays under its temp name.
+            fsops::unlink_quiet(dir.as_fd(), &state.tmp);
+            return Err(crate::error::Error::io("cannot size the file", e).to_string());
+        }
         Ok(Arc::new(Open { dir, file }))
     })();
     *guard = Some(result.clone());

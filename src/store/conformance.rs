@@ -96,7 +96,10 @@ pub fn listing_by_prefix(store: &dyn ObjectStore) {
 
 pub fn put_file_moves_contents(store: &dyn ObjectStore) {
     let dir = store.spool_dir().unwrap_or_else(std::env::temp_dir);
-    let path = dir.join(format!("conformance-{}", std::process::id()));
+    // Unique per call: several stores run this suite at once in one test process.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("conformance-{}-{call}", std::process::id()));
     std::fs::write(&path, b"from a file").unwrap();
     store.put_file("conf/from-file", &path).unwrap();
     assert_eq!(store.get("conf/from-file").unwrap(), b"from a file");

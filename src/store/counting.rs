@@ -83,6 +83,14 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         Ok(data)
     }
 
+    fn get_range_cacheable(&self, key: &str, offset: u64, len: u64) -> StoreResult<Vec<u8>> {
+        let data = self.inner.get_range_cacheable(key, offset, len)?;
+        let mut c = self.counters.lock().unwrap();
+        *c.gets.entry(top(key)).or_default() += 1;
+        *c.get_bytes.entry(top(key)).or_default() += data.len() as u64;
+        Ok(data)
+    }
+
     fn put(&self, key: &str, data: &[u8]) -> StoreResult<()> {
         self.inner.put(key, data)?;
         self.count_put(key, data.len() as u64);
@@ -113,6 +121,10 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
 
     fn spool_dir(&self) -> Option<PathBuf> {
         self.inner.spool_dir()
+    }
+
+    fn parallelism(&self) -> usize {
+        self.inner.parallelism()
     }
 
     fn location(&self) -> String {

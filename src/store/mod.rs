@@ -6,18 +6,26 @@
 //! local directory, memory, S3 — gives the same guarantees, checked by one conformance suite
 //! ([`conformance`]).
 //!
-//! Cross-cutting behaviour (counting for metrics and tests, fault injection) is written as
-//! wrappers implementing the same trait, never inside a store.
+//! Cross-cutting behaviour (counting for metrics and tests, retries, a local cache, fault
+//! injection) is written as wrappers implementing the same trait, never inside a store.
 
+mod cache;
 mod counting;
+mod faulty;
 mod local;
 mod memory;
+mod retry;
+pub mod s3;
 
 pub mod conformance;
 
+pub use cache::CacheStore;
 pub use counting::{CountingStore, StoreCounters};
+pub use faulty::FaultyStore;
 pub use local::LocalStore;
 pub use memory::MemoryStore;
+pub use retry::{RetryPolicy, RetryStore};
+pub use s3::{S3Config, S3Credentials, S3Location, S3Store};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -113,6 +121,12 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// `len` bytes from `offset`; fewer if the object ends first.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> StoreResult<Vec<u8>>;
 
+    /// Like [`get_range`](Self::get_range), for data the engine reads again and again (tree
+    /// blobs): a caching wrapper may keep it locally. The bytes are the same.
+    fn get_range_cacheable(&self, key: &str, offset: u64, len: u64) -> StoreResult<Vec<u8>> {
+        self.get_range(key, offset, len)
+    }
+
     /// Stores `data` under `key`, atomically.
     fn put(&self, key: &str, data: &[u8]) -> StoreResult<()>;
 
@@ -138,6 +152,12 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         None
     }
 
+    /// How many requests the engine should keep in flight at once for bulk transfers (pack
+    /// uploads, index loading): 1 for a local disk, more for a store across a network.
+    fn parallelism(&self) -> usize {
+        1
+    }
+
     /// A short, credential-free description for messages ("local:/srv/repo").
     fn location(&self) -> String;
 }
@@ -148,6 +168,9 @@ impl<T: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<T> {
     }
     fn get_range(&self, key: &str, offset: u64, len: u64) -> StoreResult<Vec<u8>> {
         (**self).get_range(key, offset, len)
+    }
+    fn get_range_cacheable(&self, key: &str, offset: u64, len: u64) -> StoreResult<Vec<u8>> {
+        (**self).get_range_cacheable(key, offset, len)
     }
     fn put(&self, key: &str, data: &[u8]) -> StoreResult<()> {
         (**self).put(key, data)
@@ -166,6 +189,9 @@ impl<T: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<T> {
     }
     fn spool_dir(&self) -> Option<PathBuf> {
         (**self).spool_dir()
+    }
+    fn parallelism(&self) -> usize {
+        (**self).parallelism()
     }
     fn location(&self) -> String {
         (**self).location()

@@ -1,0 +1,320 @@
+//! Operation records and their files under the state directory.
+//!
+//! One JSON file per operation (`<state_dir>/operations/<id>.json`), written to a temporary
+//! name, synced and renamed, so a crash leaves the old record or the new one, never half of
+//! one. A file that does not parse is moved aside (`<name>.corrupt-<time>`) with the reason
+//! logged: a damaged record must not keep the agent from starting.
+
+use crate::error::{Error, Result};
+use crate::repo::snapshot::FileError;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OpKind {
+    Snapshot,
+    Restore,
+    Maintenance,
+}
+
+impl OpKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Snapshot => "snapshot",
+            OpKind::Restore => "restore",
+            OpKind::Maintenance => "maintenance",
+        }
+    }
+
+    pub const ALL: [OpKind; 3] = [OpKind::Snapshot, OpKind::Restore, OpKind::Maintenance];
+}
+
+/// Velero's phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    New,
+    InProgress,
+    Canceling,
+    Canceled,
+    Completed,
+    PartiallyFailed,
+    Failed,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Phase::Canceled | Phase::Completed | Phase::PartiallyFailed | Phase::Failed
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::New => "New",
+            Phase::InProgress => "InProgress",
+            Phase::Canceling => "Canceling",
+            Phase::Canceled => "Canceled",
+            Phase::Completed => "Completed",
+            Phase::PartiallyFailed => "PartiallyFailed",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+/// Why an operation failed or was canceled; mirrors the API's FailureReason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureReason {
+    AgentRestarted,
+    Timeout,
+    CanceledByUser,
+    AgentStopping,
+    StorageUnavailable,
+    RepositoryUnusable,
+    RepositoryCorrupt,
+    HookFailed,
+    NotFound,
+    InvalidInput,
+    LocalIo,
+    Unsupported,
+    Internal,
+    UnitControl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Trigger {
+    Manual,
+    Scheduled,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Scheduled => "scheduled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressRecord {
+    pub step: String,
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub errors: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookRecord {
+    pub stage: String,
+    pub argv: Vec<String>,
+    pub exit_code: i32,
+    pub timed_out: bool,
+    pub output: String,
+    pub duration_ms: u64,
+    pub continued: bool,
+}
+
+/// What was asked for, kept to run the operation and to answer a retried request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Snapshot {
+        tags: Vec<String>,
+        /// Seconds.
+        ttl: Option<u64>,
+        full: bool,
+    },
+    Restore {
+        snapshot: String,
+        target: PathBuf,
+        include: Vec<PathBuf>,
+        delete: bool,
+    },
+    Maintenance,
+}
+
+impl Request {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Request::Snapshot { .. } => OpKind::Snapshot,
+            Request::Restore { .. } => OpKind::Restore,
+            Request::Maintenance => OpKind::Maintenance,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpRecord {
+    pub id: String,
+    pub kind: OpKind,
+    pub phase: Phase,
+    pub failure_reason: Option<FailureReason>,
+    pub message: String,
+    pub progress: ProgressRecord,
+    pub created: String,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+    pub request_id: Option<String>,
+    pub trigger: Trigger,
+    pub schedule: Option<String>,
+    pub request: Request,
+    pub snapshot_id: Option<String>,
+    pub snapshot_name: Option<String>,
+    pub hooks: Vec<HookRecord>,
+    pub errors: Vec<FileError>,
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Operation IDs: `<kind>-<UTC time>-<random>`, sortable by time and safe as file names.
+pub fn new_id(kind: OpKind) -> String {
+    let mut r = [0u8; 3];
+    getrandom::fill(&mut r).expect("the system random source works");
+    format!(
+        "{}-{}-{}",
+        kind.as_str(),
+        chrono::Utc::now().format("%Y%m%d-%H%M%S"),
+        hex::encode(r)
+    )
+}
+
+/// Whether `id` has the shape of an operation ID (checked before it names a file).
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && OpKind::ALL
+            .iter()
+            .any(|k| id.starts_with(&format!("{}-", k.as_str())))
+}
+
+/// The directory of operation records.
+#[derive(Debug, Clone)]
+pub struct RecordStore {
+    dir: PathBuf,
+}
+
+/// Files moved aside at load: where each went and why.
+pub type MovedAside = Vec<(PathBuf, String)>;
+
+/// What loading found: the records, and the files moved aside.
+pub struct Loaded {
+    pub records: Vec<OpRecord>,
+    pub moved_aside: MovedAside,
+}
+
+impl RecordStore {
+    pub fn open(state_dir: &Path) -> Result<RecordStore> {
+        let dir = state_dir.join("operations");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::io(
+                format!("cannot create the state directory {}", dir.display()),
+                e,
+            )
+        })?;
+        Ok(RecordStore { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Writes a record atomically: temporary file, fsync, rename, fsync of the directory.
+    pub fn save(&self, rec: &OpRecord) -> Result<()> {
+        let path = self.path(&rec.id);
+        let tmp = self.dir.join(format!(".{}.json.tmp", rec.id));
+        let bytes = serde_json::to_vec_pretty(rec).expect("records serialize");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(
+                format!("cannot write the operation record {}", path.display()),
+                e,
+            )
+        })
+    }
+
+    pub fn remove(&self, id: &str) {
+        let _ = std::fs::remove_file(self.path(id));
+    }
+
+    pub fn load(&self) -> Result<Loaded> {
+        let mut out = Loaded {
+            records: Vec::new(),
+            moved_aside: Vec::new(),
+        };
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| {
+            Error::io(
+                format!("cannot read the state directory {}", self.dir.display()),
+                e,
+            )
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("cannot read the state directory", e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                // A write interrupted before its rename: the previous record is intact.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let Some(stem) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let problem = match std::fs::read(&path) {
+                Err(e) => format!("cannot be read: {e}"),
+                Ok(bytes) => match serde_json::from_slice::<OpRecord>(&bytes) {
+                    Ok(rec) if rec.id == stem => {
+                        out.records.push(rec);
+                        continue;
+                    }
+                    Ok(rec) => format!("holds operation {:?}, not {stem:?}", rec.id),
+                    Err(e) => format!("is not a valid operation record: {e}"),
+                },
+            };
+            let aside = self.dir.join(format!(
+                "{name}.corrupt-{}",
+                chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+            ));
+            match std::fs::rename(&path, &aside) {
+                Ok(()) => out.moved_aside.push((aside, problem)),
+                Err(e) => out
+                    .moved_aside
+                    .push((path, format!("{problem}; moving it aside failed: {e}"))),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_valid_file_names_and_bad_ones_are_refused() {
+        for k in OpKind::ALL {
+            assert!(is_valid_id(&new_id(k)));
+        }
+        for bad in ["", "../etc/passwd", "snapshot-x/y", "other-1", "Snapshot-1"] {
+            assert!(!is_valid_id(bad), "{bad}");
+        }
+    }
+}

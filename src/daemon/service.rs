@@ -1,0 +1,364 @@
+//! The gRPC service: checks each request's fields, then hands the work to the operations
+//! manager (mutating, long-running) or to the repository on the blocking pool (queries).
+//! Failures leave through [`ApiError`], turned into a status in one place.
+
+use super::Agent;
+use super::convert;
+use super::record::{FailureReason, Request, Trigger, is_valid_id};
+use super::status_map::{ApiError, invalid};
+use crate::api;
+use crate::api::agent_server::Agent as AgentApi;
+use crate::error::{Error, Kind};
+use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request as Req, Response, Status};
+
+pub struct Service {
+    pub agent: Arc<Agent>,
+}
+
+type ApiResult<T> = Result<Response<T>, Status>;
+
+fn check_request_id(id: &str) -> Result<Option<String>, ApiError> {
+    if id.is_empty() {
+        return Ok(None);
+    }
+    if id.len() > 128 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(
+            "request_id",
+            "must be 1 to 128 characters without spaces or control characters",
+        ));
+    }
+    Ok(Some(id.to_string()))
+}
+
+fn check_operation_id(id: &str) -> Result<&str, ApiError> {
+    if id.is_empty() {
+        return Err(invalid("operation_id", "must not be empty"));
+    }
+    if !is_valid_id(id) {
+        return Err(invalid(
+            "operation_id",
+            format!(
+                "{:?} is not an operation ID (they look like snapshot-20250101-020000-1a2b3c)",
+                id.chars().take(80).collect::<String>()
+            ),
+        ));
+    }
+    Ok(id)
+}
+
+/// Restore includes: snapshot paths without `..`.
+fn check_includes(include: &[String]) -> Result<Vec<PathBuf>, ApiError> {
+    include
+        .iter()
+        .map(|p| {
+            let path = PathBuf::from(p);
+            if p.is_empty() || path.components().any(|c| c == Component::ParentDir) {
+                Err(invalid(
+                    "include",
+                    format!("{p:?} must be a snapshot path without '..' (as `agentctl ls` shows)"),
+                ))
+            } else {
+                Ok(path)
+            }
+        })
+        .collect()
+}
+
+impl Service {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Agent) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let agent = self.agent.clone();
+        tokio::task::spawn_blocking(move || f(&agent))
+            .await
+            .map_err(|e| {
+                ApiError::Engine(Error::new(Kind::Io, format!("the request failed: {e}")))
+            })?
+    }
+
+    fn start(
+        &self,
+        request: Request,
+        request_id: Option<String>,
+    ) -> Result<api::Operation, ApiError> {
+        let (rec, progress) = self
+            .agent
+            .ops
+            .begin(request, request_id, Trigger::Manual, None)?;
+        if let Some(progress) = progress {
+            super::jobs::spawn(self.agent.clone(), rec.clone(), progress);
+        }
+        Ok(convert::operation(&rec))
+    }
+}
+
+#[tonic::async_trait]
+impl AgentApi for Service {
+    async fn start_snapshot(
+        &self,
+        req: Req<api::StartSnapshotRequest>,
+    ) -> ApiResult<api::Operation> {
+        let r = req.into_inner();
+        let request_id = check_request_id(&r.request_id)?;
+        for t in &r.tags {
+            super::config::check_tag(t).map_err(|p| invalid("tags", p))?;
+        }
+        let ttl = if r.ttl.is_empty() {
+            None
+        } else {
+            Some(
+                super::config::parse_duration(&r.ttl)
+                    .map_err(|p| invalid("ttl", p))?
+                    .as_secs(),
+            )
+        };
+        let request = Request::Snapshot {
+            tags: r.tags,
+            ttl,
+            full: r.full,
+        };
+        Ok(Response::new(self.start(request, request_id)?))
+    }
+
+    async fn start_restore(&self, req: Req<api::StartRestoreRequest>) -> ApiResult<api::Operation> {
+        let r = req.into_inner();
+        let request_id = check_request_id(&r.request_id)?;
+        if r.snapshot.is_empty() {
+            return Err(invalid(
+                "snapshot",
+                "must name a snapshot: an ID, a unique ID prefix, a name, or \"latest\"",
+            )
+            .into());
+        }
+        let target = Path::new(&r.target);
+        if r.target.is_empty() || !target.is_absolute() {
+            return Err(invalid(
+                "target",
+                format!("{:?} must be an absolute directory", r.target),
+            )
+            .into());
+        }
+        if target.components().any(|c| c == Component::ParentDir) {
+            return Err(invalid("target", "must not contain '..'").into());
+        }
+        let request = Request::Restore {
+            snapshot: r.snapshot,
+            target: target.to_path_buf(),
+            include: check_includes(&r.include)?,
+            delete: r.delete,
+        };
+        Ok(Response::new(self.start(request, request_id)?))
+    }
+
+    async fn start_maintenance(
+        &self,
+        req: Req<api::StartMaintenanceRequest>,
+    ) -> ApiResult<api::Operation> {
+        check_request_id(&req.get_ref().request_id)?;
+        Err(ApiError::NotAvailable("maintenance").into())
+    }
+
+    async fn get_operation(&self, req: Req<api::GetOperationRequest>) -> ApiResult<api::Operation> {
+        let id = check_operation_id(&req.get_ref().operation_id)?;
+        Ok(Response::new(convert::operation(&self.agent.ops.get(id)?)))
+    }
+
+    type WatchOperationStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<api::Operation, Status>> + Send>>;
+
+    async fn watch_operation(
+        &self,
+        req: Req<api::WatchOperationRequest>,
+    ) -> ApiResult<Self::WatchOperationStream> {
+        let id = check_operation_id(&req.get_ref().operation_id)?.to_string();
+        let ops = self.agent.ops.clone();
+        let first = ops.get(&id)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut changed = ops.subscribe();
+        tokio::spawn(async move {
+            let mut last = None;
+            let mut rec = first;
+            loop {
+                let done = rec.phase.is_terminal();
+                let msg = convert::operation(&rec);
+                if last.as_ref() != Some(&msg) {
+                    // The caller went away: stop watching; the operation goes on.
+                    if tx.send(Ok(msg.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(msg);
+                }
+                if done {
+                    return;
+                }
+                // Phase and step changes wake us; counters are polled.
+                let _ = tokio::time::timeout(Duration::from_millis(200), changed.changed()).await;
+                rec = match ops.get(&id) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn cancel_operation(
+        &self,
+        req: Req<api::CancelOperationRequest>,
+    ) -> ApiResult<api::Operation> {
+        let id = check_operation_id(&req.get_ref().operation_id)?;
+        let rec = self.agent.ops.cancel(id, FailureReason::CanceledByUser)?;
+        Ok(Response::new(convert::operation(&rec)))
+    }
+
+    async fn list_operations(
+        &self,
+        req: Req<api::ListOperationsRequest>,
+    ) -> ApiResult<api::ListOperationsResponse> {
+        let limit = req.get_ref().limit as usize;
+        let operations = self
+            .agent
+            .ops
+            .list(limit)
+            .iter()
+            .map(convert::operation)
+            .collect();
+        Ok(Response::new(api::ListOperationsResponse { operations }))
+    }
+
+    async fn list_snapshots(
+        &self,
+        req: Req<api::ListSnapshotsRequest>,
+    ) -> ApiResult<api::ListSnapshotsResponse> {
+        let r = req.into_inner();
+        let snapshots = self
+            .blocking(move |agent| {
+                let all = agent.query(|repo| repo.list_snapshots())?;
+                Ok(all
+                    .iter()
+                    .filter(|s| r.hostname.is_empty() || s.snapshot.hostname == r.hostname)
+                    .filter(|s| r.tag.is_empty() || s.snapshot.tags.contains(&r.tag))
+                    .map(convert::snapshot)
+                    .collect())
+            })
+            .await?;
+        Ok(Response::new(api::ListSnapshotsResponse { snapshots }))
+    }
+
+    async fn describe_snapshot(
+        &self,
+        req: Req<api::DescribeSnapshotRequest>,
+    ) -> ApiResult<api::Snapshot> {
+        let spec = req.into_inner().snapshot;
+        if spec.is_empty() {
+            return Err(invalid(
+                "snapshot",
+                "must name a snapshot: an ID, a unique ID prefix, a name, or \"latest\"",
+            )
+            .into());
+        }
+        let snap = self
+            .blocking(move |agent| {
+                let entry = agent.query(|repo| repo.resolve_snapshot(&spec))?;
+                Ok(convert::snapshot(&entry))
+            })
+            .await?;
+        Ok(Response::new(snap))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        req: Req<api::DeleteSnapshotRequest>,
+    ) -> ApiResult<api::DeleteSnapshotResponse> {
+        let spec = req.into_inner().snapshot_id.to_ascii_lowercase();
+        if spec.len() < 4 || spec.len() > 64 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid(
+                "snapshot_id",
+                format!(
+                    "{:?} is not a snapshot ID: give the ID or at least its first 4 hex digits",
+                    spec.chars().take(80).collect::<String>()
+                ),
+            )
+            .into());
+        }
+        let deleted_id = self
+            .blocking(move |agent| {
+                let id = agent.query(|repo| {
+                    let entry = repo.resolve_snapshot(&spec)?;
+                    if !entry.id.to_hex().starts_with(&spec) {
+                        return Err(Error::not_found(format!(
+                            "no snapshot ID starts with {spec}"
+                        )));
+                    }
+                    let key = crate::repo::snapshot::snapshot_key(&entry.id);
+                    repo.store()
+                        .delete(&key)
+                        .map_err(|e| Error::from(e).context("cannot delete the snapshot"))?;
+                    Ok(entry.id.to_hex())
+                })?;
+                tracing::info!(snapshot_id = %id, "snapshot deleted");
+                Ok(id)
+            })
+            .await?;
+        Ok(Response::new(api::DeleteSnapshotResponse { deleted_id }))
+    }
+
+    async fn get_status(&self, _req: Req<api::GetStatusRequest>) -> ApiResult<api::AgentStatus> {
+        let check = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.blocking(|agent| Ok(agent.check_repository())),
+        )
+        .await;
+        let (reachable, repository_error) = match check {
+            Ok(Ok(Ok(()))) => (true, String::new()),
+            Ok(Ok(Err(e))) => (false, e.to_string()),
+            Ok(Err(e)) => (false, e.to_string()),
+            Err(_) => (
+                false,
+                "the repository did not answer within 10s".to_string(),
+            ),
+        };
+        let a = &self.agent;
+        let now = chrono::Utc::now();
+        Ok(Response::new(api::AgentStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            node: a.node.clone(),
+            repository: a.config.repository.location().to_string(),
+            repository_reachable: reachable,
+            repository_error,
+            last_success: a
+                .ops
+                .last_success()
+                .into_iter()
+                .map(|(k, r)| api::LastSuccess {
+                    kind: convert::kind(k) as i32,
+                    operation_id: r.id,
+                    finished: r.finished.unwrap_or_default(),
+                })
+                .collect(),
+            running: a.ops.running().as_ref().map(convert::operation),
+            schedules: a
+                .config
+                .schedules
+                .iter()
+                .map(|s| api::ScheduleStatus {
+                    name: s.name.clone(),
+                    cron: s.cron.clone(),
+                    next: super::schedule::next_after(&s.cron, now)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets up and runs every check and test, on a fresh Debian machine, as root:
+#   tests/run-all.sh
+# Installs the system packages the tests use, then runs rustfmt, clippy (warnings are errors)
+# and the whole test suite. Build output goes to $CARGO_TARGET_DIR (default: a cache outside
+# the checkout, so repeated runs and fresh clones reuse it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/hostagent/target}
+mkdir -p "$CARGO_TARGET_DIR"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "system packages"
+packages=(acl attr libcap2-bin debootstrap systemd-container util-linux python3-pip openssl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "tests/run-all.sh: run as root: the tests restore owners, devices and capabilities" >&2
+  exit 1
+fi
+
+step "python gRPC client (the API tests drive agentd with grpcio too)"
+python3 -c "import grpc, grpc_tools" 2>/dev/null || python3 -m pip install --quiet grpcio grpcio-tools \
+  || python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools
+
+step "Garage, the S3 server the S3 tests run against (built once, then reused)"
+if ! command -v garage >/dev/null && [ ! -x "$HOME/.cargo/bin/garage" ]; then
+  cargo install --locked garage
+fi
+
+step "lab node image (debootstrap, cached)"
+tests/lab/lab.sh build
+
+step "rustfmt"
+cargo fmt --check
+
+step "clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "tests"
+cargo test --quiet --no-fail-fast 2>&1 | tee "$CARGO_TARGET_DIR/test.log"
