@@ -25,10 +25,13 @@ pub struct KdfParams {
 }
 
 impl Default for KdfParams {
-    /// 64 MiB, 3 passes, 1 lane: about 0.2 s on one core of a current server.
+    /// 32 MiB, 3 passes, 1 lane: about 0.1 s on one core of a current server, and more
+    /// than twice the memory × passes of OWASP's minimum for Argon2id (19 MiB, 2 passes).
+    /// Every agentctl run pays it once, and its memory is the run's peak: 64 MiB would
+    /// double both for every command (docs/FORMAT.md, "Key slots").
     fn default() -> Self {
         KdfParams {
-            m_cost: 64 * 1024,
+            m_cost: 32 * 1024,
             t_cost: 3,
             p_cost: 1,
         }

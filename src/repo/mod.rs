@@ -353,7 +353,14 @@ impl Repository {
     }
 
     pub fn read_tree(&self, id: &Id) -> Result<Tree> {
-        let bytes = self.read_blob(id, None, &mut BlobDecoder::new())?;
+        // One zstd context per thread: creating one costs more than decoding a small tree
+        // (it probes the CPU with `cpuid`, which traps in a virtual machine), and walks and
+        // restores read one tree per directory.
+        thread_local! {
+            static DECODER: std::cell::RefCell<BlobDecoder> =
+                std::cell::RefCell::new(BlobDecoder::new());
+        }
+        let bytes = DECODER.with_borrow_mut(|d| self.read_blob(id, None, d))?;
         Tree::decode(&bytes).map_err(|e| e.context(format!("tree {}", id.short())))
     }
 

@@ -164,6 +164,60 @@ pub fn commit(
     }
 }
 
+/// Creates an unnamed file in `dir` (`O_TMPFILE`): it has no name until [`link_unnamed`]
+/// gives it one, so a crash or a failure leaves nothing behind. None when the file system
+/// does not support it; the caller then uses a temporary name.
+pub fn create_unnamed(dir: BorrowedFd<'_>) -> IoResult<Option<OwnedFd>> {
+    let flags = OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+    match openat(dir, ".", flags, Mode::from_bits_truncate(0o600)) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EISDIR) => Ok(None),
+        Err(e) => Err(errno(e)),
+    }
+}
+
+/// Gives an unnamed file its name in `dir`. Fails with `EEXIST` when the name is taken: a link
+/// never replaces anything.
+pub fn link_unnamed(file: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &[u8]) -> IoResult<()> {
+    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: both paths are valid NUL-terminated strings and both descriptors are open for
+    // the duration of the calls.
+    let linked = unsafe {
+        libc::linkat(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if linked == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOENT) {
+        return Err(err);
+    }
+    // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, link through /proc.
+    let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .expect("no NUL in a number");
+    // SAFETY: as above.
+    let linked = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            proc_path.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if linked == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 pub fn unlink_quiet(dir: BorrowedFd<'_>, name: &[u8]) {
     let _ = unlinkat(dir, OsStr::from_bytes(name), UnlinkatFlags::NoRemoveDir);
 }

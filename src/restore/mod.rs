@@ -3,8 +3,9 @@
 //! Guarantees:
 //! - **Verified.** Every blob is decrypted, authenticated and re-hashed against its ID before
 //!   a byte of it is written.
-//! - **No half-written file under a real name.** Files are written under a temporary name in
-//!   their directory and renamed into place once complete, with their metadata.
+//! - **No half-written file under a real name.** Files are written unnamed (`O_TMPFILE`) in
+//!   their directory and linked to their name once complete, with their metadata; where the
+//!   file system cannot, or the name is taken, under a temporary name renamed into place.
 //! - **Never outside the target.** Names are single components (checked when trees decode);
 //!   directories are entered with `O_NOFOLLOW` one component at a time, so neither the
 //!   snapshot's symlinks nor symlinks already in the target redirect a write.

@@ -31,6 +31,8 @@ pub(crate) struct Context<'r> {
 struct Open {
     dir: Arc<OwnedFd>,
     file: File,
+    /// Created with `O_TMPFILE`: it gets its name by a link, not a rename.
+    unnamed: bool,
 }
 
 /// One file being restored, shared by its pieces.
@@ -134,17 +136,28 @@ fn open_file(
         let dir = dirs
             .get(ctx, &state.rel_dir)
             .map_err(|e| format!("cannot open its directory: {e}"))?;
-        let flags =
-            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = openat(
-            &*dir,
-            OsStr::from_bytes(&state.tmp),
-            flags,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| {
-            crate::error::Error::io("cannot create the file", fsops::errno(e)).to_string()
-        })?;
+        let cannot_create =
+            |e: std::io::Error| crate::error::Error::io("cannot create the file", e).to_string();
+        // An unnamed file first: one directory update (the link) instead of two (create under
+        // a temporary name, rename), and nothing left behind if the restore dies.
+        let (fd, unnamed) = match fsops::create_unnamed(dir.as_fd()).map_err(cannot_create)? {
+            Some(fd) => (fd, true),
+            None => {
+                let flags = OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC;
+                let fd = openat(
+                    &*dir,
+                    OsStr::from_bytes(&state.tmp),
+                    flags,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|e| cannot_create(fsops::errno(e)))?;
+                (fd, false)
+            }
+        };
         let file = File::from(fd);
         // Sizing first makes every hole a hole; data is then written in place.
         if let Err(e) = file.set_len(state.node.size) {
@@ -152,7 +165,7 @@ fn open_file(
             fsops::unlink_quiet(dir.as_fd(), &state.tmp);
             return Err(crate::error::Error::io("cannot size the file", e).to_string());
         }
-        Ok(Arc::new(Open { dir, file }))
+        Ok(Arc::new(Open { dir, file, unnamed }))
     })();
     *guard = Some(result.clone());
     result
@@ -195,6 +208,17 @@ fn finalize(ctx: &Context<'_>, state: &FileState) -> bool {
         Some(msg) => Err(msg),
         None => fsops::apply_meta_fd(open.file.as_fd(), &state.node)
             .and_then(|()| {
+                if open.unnamed {
+                    // The name is free: linking is the commit. Taken: link under the
+                    // temporary name, then replace as a named temporary file would.
+                    match fsops::link_unnamed(open.file.as_fd(), open.dir.as_fd(), &state.node.name)
+                    {
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                            fsops::link_unnamed(open.file.as_fd(), open.dir.as_fd(), &state.tmp)?
+                        }
+                        other => return other,
+                    }
+                }
                 let dir_path = ctx.target.join(&state.rel_dir);
                 fsops::commit(
                     open.dir.as_fd(),

@@ -7,20 +7,53 @@
 
 use super::{ObjectInfo, ObjectStore, StoreError, StoreErrorKind, StoreResult};
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 const TMP_DIR: &str = "tmp";
+/// Objects kept open for ranged reads. A restore reads its blobs pack by pack, one range per
+/// blob: reopening the pack for each of tens of thousands of small files cost more than
+/// writing them.
+const OPEN_OBJECTS: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    /// Most recently used first. Objects are immutable, so a kept handle never reads stale
+    /// bytes; [`ObjectStore::delete`] drops the object's handle so NotFound stays exact.
+    open: Arc<Mutex<Vec<(String, Arc<File>)>>>,
 }
 
 impl LocalStore {
     /// A store rooted at `root`; the directory is created on first write.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalStore { root: root.into() }
+        LocalStore {
+            root: root.into(),
+            open: Arc::default(),
+        }
+    }
+
+    /// The object's file, opened once and kept among the last [`OPEN_OBJECTS`] used.
+    fn open_object(&self, key: &str) -> std::io::Result<Arc<File>> {
+        {
+            let mut open = self.open.lock().unwrap();
+            if let Some(i) = open.iter().position(|(k, _)| k == key) {
+                let entry = open.remove(i);
+                let file = entry.1.clone();
+                open.insert(0, entry);
+                return Ok(file);
+            }
+        }
+        let path = self
+            .path(key)
+            .map_err(|e| std::io::Error::other(e.message))?;
+        let file = Arc::new(File::open(path)?);
+        let mut open = self.open.lock().unwrap();
+        open.insert(0, (key.to_string(), file.clone()));
+        open.truncate(OPEN_OBJECTS);
+        Ok(file)
     }
 
     pub fn root(&self) -> &Path {
@@ -72,10 +105,26 @@ impl ObjectStore for LocalStore {
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> StoreResult<Vec<u8>> {
         let io = |e: std::io::Error| StoreError::from_io(key, &e);
-        let mut f = File::open(self.path(key)?).map_err(io)?;
-        f.seek(SeekFrom::Start(offset)).map_err(io)?;
-        let mut buf = Vec::with_capacity(len.min(64 << 20) as usize);
-        f.take(len).read_to_end(&mut buf).map_err(io)?;
+        self.path(key)?;
+        let f = self.open_object(key).map_err(io)?;
+        // Up to `len` bytes: fewer when the object ends first, as a ranged GET answers.
+        let len = if len > 64 << 20 {
+            // Sized by the object, not by a length that may come from a damaged index.
+            len.min(f.metadata().map_err(io)?.len().saturating_sub(offset))
+        } else {
+            len
+        };
+        let mut buf = vec![0; len as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match f.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        buf.truncate(filled);
         Ok(buf)
     }
 
@@ -118,6 +167,7 @@ impl ObjectStore for LocalStore {
     }
 
     fn delete(&self, key: &str) -> StoreResult<()> {
+        self.open.lock().unwrap().retain(|(k, _)| k != key);
         match fs::remove_file(self.path(key)?) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
