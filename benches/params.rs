@@ -109,7 +109,7 @@ struct Outcome {
 
 fn run(s: &Setting, tree: &Path, big: &Path, data: &[(&str, Vec<u8>)]) -> Outcome {
     let store = Arc::new(MemoryStore::new());
-    let mut repo = Repository::init(
+    let repo = Repository::init(
         store.clone() as Arc<dyn ObjectStore>,
         b"params",
         InitOptions {

@@ -90,7 +90,6 @@ fn pipeline(c: &mut Criterion) {
 
     let repo = new_repo();
     let first = backup(&repo, &opts(ParentChoice::None)).unwrap();
-    let mut repo = repo;
     g.bench_function("backup-unchanged", |b| {
         b.iter(|| {
             // What a new run does after its key slot opened: load the index (which now lists

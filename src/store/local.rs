@@ -23,8 +23,11 @@ pub struct LocalStore {
     root: PathBuf,
     /// Most recently used first. Objects are immutable, so a kept handle never reads stale
     /// bytes; [`ObjectStore::delete`] drops the object's handle so NotFound stays exact.
-    open: Arc<Mutex<Vec<(String, Arc<File>)>>>,
+    open: Arc<Mutex<Vec<OpenObject>>>,
 }
+
+/// An object's key and its open file.
+type OpenObject = (String, Arc<File>);
 
 impl LocalStore {
     /// A store rooted at `root`; the directory is created on first write.
