@@ -1,6 +1,6 @@
 //! The real `agentctl` binary, as an administrator runs it: output, exit codes (0 success,
-//! 1 failure, 3 finished with per-file errors, 10 no repository, 12 wrong password) and
-//! the words of its error messages.
+//! 1 failure, 2 a command line that cannot be parsed, 3 finished with per-file errors, 10
+//! no repository, 12 wrong password) and the words of its error messages.
 
 mod util;
 
@@ -336,4 +336,96 @@ fn restore_into_a_full_file_system_exits_3() {
     assert!(r.stderr.contains("the file system is full"), "{r:?}");
     assert!(!util::restored(&full.path, &src.join("big")).exists());
     assert!(util::names_starting_with(&full.path, ".hostagent-restore-").is_empty());
+}
+
+/// `restore latest` takes the latest snapshot of this host, never another host's nor a node
+/// restore's safety snapshot (tag pre-restore); `--host` picks another host's.
+#[test]
+fn restore_latest_is_this_hosts_latest_snapshot() {
+    let tmp = util::tempdir();
+    let ctl = fast_repo(tmp.path());
+    let mine = tmp.path().join("mine");
+    let theirs = tmp.path().join("theirs");
+    for (dir, body) in [(&mine, "this host's"), (&theirs, "node-b's")] {
+        fs::create_dir(dir).unwrap();
+        fs::write(dir.join("file"), body).unwrap();
+    }
+    let id_of = |r: util::Run| json(&r.stdout)["id"].as_str().unwrap().to_string();
+    let own = id_of(ctl.ok(&["--json", "snapshot", mine.to_str().unwrap()]));
+    let other = id_of(ctl.ok(&[
+        "--json",
+        "snapshot",
+        theirs.to_str().unwrap(),
+        "--host",
+        "node-b",
+    ]));
+    // What a node restore leaves: a newer snapshot of this host, tagged pre-restore.
+    fs::write(mine.join("file"), "the tree a node restore replaced").unwrap();
+    ctl.ok(&["snapshot", mine.to_str().unwrap(), "--tag", "pre-restore"]);
+    let restored = |args: &[&str]| {
+        let out = tmp.path().join(format!("out-{}", args.len()));
+        let mut all = vec!["--json", "restore"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--target", out.to_str().unwrap()]);
+        let r = ctl.ok(&all);
+        (
+            json(&r.stdout)["snapshot"].as_str().unwrap().to_string(),
+            out,
+        )
+    };
+
+    let (id, out) = restored(&["latest"]);
+    assert_eq!(id, own);
+    assert_eq!(
+        fs::read_to_string(util::restored(&out, &mine.join("file"))).unwrap(),
+        "this host's"
+    );
+    assert!(!util::restored(&out, &theirs).exists());
+
+    let (id, out) = restored(&["latest", "--host", "node-b"]);
+    assert_eq!(id, other);
+    assert_eq!(
+        fs::read_to_string(util::restored(&out, &theirs.join("file"))).unwrap(),
+        "node-b's"
+    );
+
+    let r = ctl.run(&[
+        "restore", "latest", "--host", "node-c", "--target", "/tmp/x",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("no snapshot of host \"node-c\""), "{r:?}");
+    let r = ctl.run(&[
+        "restore",
+        &own[..8],
+        "--host",
+        "node-b",
+        "--target",
+        "/tmp/x",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("needs snapshot \"latest\""), "{r:?}");
+}
+
+/// Exit status 2 is for a command line that cannot be parsed; a parsed command with an
+/// unusable value exits 1, as every other failure.
+#[test]
+fn usage_errors_exit_2_and_invalid_values_exit_1() {
+    let tmp = util::tempdir();
+    let ctl = fast_repo(tmp.path());
+    for args in [
+        &["snapshot", "--no-such-option"][..],
+        &["restore", "latest"][..],
+        &["no-such-command"][..],
+    ] {
+        let r = ctl.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("Usage:"), "{args:?}: {r:?}");
+    }
+    let r = ctl.run(&["snapshot"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("no paths to back up"), "{r:?}");
+    let r = ctl.run(&["snapshot", "/", "--ttl", "soon"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("give a number and a unit"), "{r:?}");
+    assert!(util::objects_under(&ctl.repo, "snapshots").is_empty());
 }

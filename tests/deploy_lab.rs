@@ -23,9 +23,14 @@ fn ansible_role_installs_upgrades_and_restores_under_the_hardened_unit() {
         out.status
     );
     for expected in [
-        "restored tree identical",
+        "a member of group hostagent is answered, a non-member refused (13)",
+        "systemd-analyze verify /etc/systemd/system/agentd.service: clean",
         "Overall exposure level for agentd.service",
+        "(README: ",
+        "restored tree identical",
+        "node restore under the unit: units and post-restore step from the role",
         "handler polls while the snapshot ran",
+        "socket activation: agentd started by a member's connection",
         "deploy test passed",
     ] {
         assert!(stdout.contains(expected), "{expected:?} not in:\n{stdout}");

@@ -109,3 +109,66 @@ fn unchanged_files_are_not_read_and_cost_no_pack() {
     assert_eq!(report.error_count, 0, "{:?}", report.errors);
     util::compare::assert_same_tree(src, &util::restored(&out, src));
 }
+
+/// The incremental test compares size, mtime, ctime, inode and mode. A file replaced by a
+/// copy with the same size and mtime (a new inode), and a file whose mode changed, are read
+/// again, and the snapshot records their new inode and mode; untouched files are not read.
+#[test]
+fn a_file_replaced_by_a_copy_and_a_mode_change_are_read_again() {
+    if util::skip_unless_root("a_file_replaced_by_a_copy_and_a_mode_change_are_read_again") {
+        return;
+    }
+    let top = TopLevelDir::new();
+    let src: &Path = &top.0;
+    fs::create_dir(src).unwrap();
+    let replaced = src.join("replaced.bin");
+    let chmodded = src.join("chmodded.bin");
+    fs::write(&replaced, fixture::pseudo_random(21, 1 << 20)).unwrap();
+    fs::write(&chmodded, fixture::pseudo_random(22, 512 << 10)).unwrap();
+    fs::write(
+        src.join("untouched.bin"),
+        fixture::pseudo_random(23, 256 << 10),
+    )
+    .unwrap();
+    fixture::chmod(&chmodded, 0o644);
+    let tmp = util::tempdir();
+    let repo = util::init_repo(&tmp.path().join("repo"));
+    let first = util::snapshot(&repo, &[src]);
+    assert_eq!(first.snapshot.stats.files_new, 3);
+
+    // Replaced by a copy: same bytes, size and mtime; only the inode (and ctime) tell.
+    let before = fs::metadata(&replaced).unwrap();
+    let copy = src.join(".replaced.tmp");
+    fs::copy(&replaced, &copy).unwrap();
+    fixture::set_mtime(&copy, before.mtime(), before.mtime_nsec());
+    fs::rename(&copy, &replaced).unwrap();
+    let after = fs::metadata(&replaced).unwrap();
+    assert_ne!(after.ino(), before.ino());
+    assert_eq!(
+        (after.len(), after.mtime(), after.mtime_nsec()),
+        (before.len(), before.mtime(), before.mtime_nsec())
+    );
+    fixture::chmod(&chmodded, 0o600);
+
+    let second = util::snapshot(&repo, &[src]);
+
+    let s = &second.snapshot.stats;
+    assert_eq!((s.files_changed, s.files_unmodified), (2, 1), "{s:?}");
+    assert_eq!(s.bytes_read, (1 << 20) + (512 << 10), "{s:?}");
+    assert_eq!(s.data_blobs_new, 0, "same content, no new data: {s:?}");
+    let nodes = util::snapshot_nodes(&repo, &second.snapshot.tree);
+    let node = |p: &Path| {
+        nodes
+            .iter()
+            .find(|(path, _)| path == p)
+            .map(|(_, n)| n.clone())
+            .unwrap_or_else(|| panic!("{} not in the snapshot", p.display()))
+    };
+    assert_eq!(node(&replaced).inode, after.ino());
+    assert_eq!(node(&chmodded).mode, 0o600);
+
+    let out = tmp.path().join("out");
+    let report = util::restore_to(&repo, &second.snapshot, &out);
+    assert_eq!(report.error_count, 0, "{:?}", report.errors);
+    util::compare::assert_same_tree(src, &util::restored(&out, src));
+}

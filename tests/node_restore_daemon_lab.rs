@@ -7,6 +7,10 @@
 
 #[path = "lab_support/mod.rs"]
 mod lab;
+// Only the lease trap of the tests' utilities: the rest needs no lab.
+#[path = "util/lease.rs"]
+#[allow(dead_code)]
+mod lease;
 #[path = "daemon_support/mod.rs"]
 mod support;
 
@@ -19,6 +23,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::{phase, reason};
 use tonic::transport::Channel;
@@ -160,6 +165,71 @@ state_dir = "/var/lib/hostagent"
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.contains("staging"))
             .collect()
+    }
+}
+
+/// The restore's reads of file contents held at their first open of a data pack, as a slow
+/// store would hold them: the test acts while the restore is mid-way, then lets it go on.
+struct HeldReads {
+    opened: std::sync::mpsc::Receiver<PathBuf>,
+    release: Arc<AtomicBool>,
+    traps: Vec<lease::LeaseTrap>,
+}
+
+impl HeldReads {
+    /// A lease on every data pack of the node's repository (agentd has none of them open).
+    fn set(a: &AgentNode) -> HeldReads {
+        let (repo, _) = a.repo();
+        let (tx, opened) = std::sync::mpsc::channel();
+        let release = Arc::new(AtomicBool::new(false));
+        let mut traps = Vec::new();
+        for pack in repo.index().packs() {
+            if pack.kind != hostagent::repo::BlobKind::Data {
+                continue;
+            }
+            let path = a
+                .node
+                .root
+                .join(&REPO[1..])
+                .join(hostagent::repo::pack::pack_key(&pack.id));
+            let (tx, release, shown) = (tx.clone(), release.clone(), path.clone());
+            traps.push(lease::LeaseTrap::set(
+                &path,
+                Duration::from_secs(180),
+                move |_| {
+                    let _ = tx.send(shown);
+                    while !release.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                },
+            ));
+        }
+        assert!(!traps.is_empty(), "no data pack to hold");
+        HeldReads {
+            opened,
+            release,
+            traps,
+        }
+    }
+
+    /// Waits until the restore opens a data pack (and is held there).
+    async fn wait_opened(&self) -> PathBuf {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(p) = self.opened.try_recv() {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the restore never read file contents"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn release(self) {
+        self.release.store(true, Ordering::Relaxed);
+        drop(self.traps);
     }
 }
 
@@ -613,5 +683,158 @@ async fn agentd_killed_mid_restore_starts_the_units_again_when_it_comes_back() {
             .join(hostagent::node_restore::state::STATE_FILE)
             .exists(),
         "the stopped-units record is gone once they are started"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canceling_mid_file_restore_keeps_the_old_tree_and_starts_the_units() {
+    let a = AgentNode::install("nrd-cancel", EXPORTS);
+    let mut c = a.client().await;
+    let snap = a.snapshot(&mut c).await;
+    damage(&a.onprem());
+    let damaged = tree_state(&a.onprem());
+    let held = HeldReads::set(&a);
+    let op = c
+        .start_node_restore(node_restore(&snap, "/var/onprem"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let pack = held.wait_opened().await;
+    let now = c
+        .get_operation(api::GetOperationRequest {
+            operation_id: op.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(support::step(&now), "restore", "{now:#?}");
+    assert_eq!(a.node.is_active("autofs.service"), "inactive");
+    eprintln!("restore held at {}; canceling", pack.display());
+    c.cancel_operation(api::CancelOperationRequest {
+        operation_id: op.id.clone(),
+    })
+    .await
+    .unwrap();
+    held.release();
+    let op = support::wait_for(&mut c, &op.id, 120, support::is_terminal).await;
+
+    assert_eq!(phase(&op), api::Phase::Canceled, "{op:#?}");
+    assert_eq!(reason(&op), api::FailureReason::CanceledByUser);
+    let r = result(&op);
+    assert_eq!(r.stopped_units, vec!["autofs.service"]);
+    assert_eq!(r.started_units, vec!["autofs.service"], "started again");
+    assert!(
+        r.post_steps.is_empty(),
+        "no post-restore step after a cancel"
+    );
+    assert_eq!(a.node.is_active("autofs.service"), "active");
+    assert_eq!(tree_state(&a.onprem()), damaged, "the old tree is intact");
+    assert!(
+        a.staging_leftovers().is_empty(),
+        "{:?}",
+        a.staging_leftovers()
+    );
+    assert!(
+        !a.node
+            .root
+            .join("var/lib/hostagent")
+            .join(hostagent::node_restore::state::STATE_FILE)
+            .exists(),
+        "no stopped units left on record"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agentd_killed_mid_file_restore_comes_back_with_the_old_tree_and_the_units() {
+    let a = AgentNode::install("nrd-killfile", EXPORTS);
+    let mut c = a.client().await;
+    let snap = a.snapshot(&mut c).await;
+    damage(&a.onprem());
+    let damaged = tree_state(&a.onprem());
+    let held = HeldReads::set(&a);
+    let op = c
+        .start_node_restore(node_restore(&snap, "/var/onprem"))
+        .await
+        .unwrap()
+        .into_inner();
+    held.wait_opened().await;
+    let now = c
+        .get_operation(api::GetOperationRequest {
+            operation_id: op.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(support::step(&now), "restore", "{now:#?}");
+    assert_eq!(a.node.is_active("autofs.service"), "inactive");
+    let main_pid = a
+        .node
+        .exec(&["systemctl", "show", "-P", "MainPID", "agentd"])
+        .1;
+
+    let (ok, out) = a.node.exec(&[
+        "systemctl",
+        "kill",
+        "--kill-whom=main",
+        "--signal=KILL",
+        "agentd.service",
+    ]);
+    assert!(ok, "{out}");
+    held.release();
+    drop(c);
+
+    // Restart=on-failure brings agentd back; it starts autofs and removes the staging
+    // directory before it serves.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let pid = a
+            .node
+            .exec(&["systemctl", "show", "-P", "MainPID", "agentd"])
+            .1;
+        if pid != main_pid && pid != "0" && a.node.is_active("agentd.service") == "active" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agentd did not come back:\n{}",
+            a.journal()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.wait_ready();
+    assert_eq!(a.node.is_active("autofs.service"), "active");
+    let mut c = a.client().await;
+    let op = c
+        .get_operation(api::GetOperationRequest {
+            operation_id: op.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(phase(&op), api::Phase::Failed, "{op:#?}");
+    assert_eq!(reason(&op), api::FailureReason::AgentRestarted);
+    assert!(
+        op.message.starts_with("agent restarted")
+            && op.message.contains("started again: autofs.service"),
+        "{}",
+        op.message
+    );
+    assert_eq!(
+        tree_state(&a.onprem()),
+        damaged,
+        "killed before the swap: the old tree is intact"
+    );
+    assert!(
+        a.staging_leftovers().is_empty(),
+        "{:?}",
+        a.staging_leftovers()
+    );
+    assert!(
+        !a.node
+            .root
+            .join("var/lib/hostagent")
+            .join(hostagent::node_restore::state::STATE_FILE)
+            .exists()
     );
 }

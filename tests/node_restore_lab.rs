@@ -58,7 +58,7 @@ fn node_restore_stops_autofs_restores_the_tree_and_starts_it_again() {
     let node = Node::start("ha-restore");
     let tmp = tempfile::tempdir().unwrap();
     populate(&node.onprem());
-    let (repo, _) = repo_for(tmp.path());
+    let (mut repo, _) = repo_for(tmp.path());
     let snap = snapshot(&repo, &node.onprem());
     let expected = tree_state(&node.onprem());
     // Damage the live tree: a changed file, a lost one, a stray one.
@@ -69,7 +69,7 @@ fn node_restore_stops_autofs_restores_the_tree_and_starts_it_again() {
     assert_eq!(node.is_active("nfs-server.service"), "inactive");
 
     let report = node_restore::run(
-        &repo,
+        &mut repo,
         &node.systemd(),
         &options(&node, tmp.path(), &snap.to_hex()),
     )
@@ -128,7 +128,7 @@ fn a_unit_that_refuses_to_stop_aborts_before_any_file_changes() {
     let node = Node::start("ha-refuse");
     let tmp = tempfile::tempdir().unwrap();
     populate(&node.onprem());
-    let (repo, _) = repo_for(tmp.path());
+    let (mut repo, _) = repo_for(tmp.path());
     let snap = snapshot(&repo, &node.onprem());
     std::fs::write(
         node.onprem().join("etc/exports"),
@@ -140,7 +140,7 @@ fn a_unit_that_refuses_to_stop_aborts_before_any_file_changes() {
     let mut opts = options(&node, tmp.path(), &snap.to_hex());
     opts.units = vec!["autofs.service".into(), "refuse-stop.service".into()];
 
-    let failure = node_restore::run(&repo, &node.systemd(), &opts).unwrap_err();
+    let failure = node_restore::run(&mut repo, &node.systemd(), &opts).unwrap_err();
 
     assert_eq!(failure.reason, "refuse-stop.service stop failed");
     assert!(
@@ -168,7 +168,7 @@ fn a_restore_that_fails_midway_leaves_the_old_tree_and_restarts_units() {
     let node = Node::start("ha-midway");
     let tmp = tempfile::tempdir().unwrap();
     populate(&node.onprem());
-    let (repo, store) = repo_for(tmp.path());
+    let (mut repo, store) = repo_for(tmp.path());
     let snap = snapshot(&repo, &node.onprem());
     std::fs::write(node.onprem().join("etc/exports"), "the live version\n").unwrap();
     let before = tree_state(&node.onprem());
@@ -188,7 +188,7 @@ fn a_restore_that_fails_midway_leaves_the_old_tree_and_restarts_units() {
     let mut opts = options(&node, tmp.path(), &snap.to_hex());
     opts.safety_snapshot = false;
 
-    let failure = node_restore::run(&repo, &node.systemd(), &opts).unwrap_err();
+    let failure = node_restore::run(&mut repo, &node.systemd(), &opts).unwrap_err();
 
     assert_eq!(failure.reason, "file-system restore failed");
     assert!(
@@ -210,7 +210,7 @@ fn a_failing_exports_step_is_reported_as_that_step() {
     let node = Node::start("ha-exports");
     let tmp = tempfile::tempdir().unwrap();
     populate(&node.onprem());
-    let (repo, _) = repo_for(tmp.path());
+    let (mut repo, _) = repo_for(tmp.path());
     let snap = snapshot(&repo, &node.onprem());
     let mut opts = options(&node, tmp.path(), &snap.to_hex());
     opts.post_steps = vec![PostStep {
@@ -219,7 +219,7 @@ fn a_failing_exports_step_is_reported_as_that_step() {
         timeout: Duration::from_secs(30),
     }];
 
-    let failure = node_restore::run(&repo, &node.systemd(), &opts).unwrap_err();
+    let failure = node_restore::run(&mut repo, &node.systemd(), &opts).unwrap_err();
 
     assert_eq!(failure.reason, "nfs exports recreation failed");
     assert_eq!(failure.report.started_units, vec!["autofs.service"]);

@@ -600,6 +600,8 @@ fn agentctl_works_against_s3() {
                 "-q",
                 "restore",
                 "latest",
+                "--host",
+                "cli-node",
                 "--target",
                 target.to_str().unwrap(),
             ],

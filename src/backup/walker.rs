@@ -438,3 +438,52 @@ fn unchanged(prev: &Node, now: &Node) -> bool {
         && prev.inode == now.inode
         && prev.mode == now.mode
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::tree::Timestamp;
+
+    fn file() -> Node {
+        Node {
+            name: b"f".to_vec(),
+            kind: NodeKind::File {
+                extents: Vec::new(),
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            user: None,
+            group: None,
+            size: 100,
+            mtime: Timestamp { secs: 10, nanos: 1 },
+            ctime: Timestamp { secs: 20, nanos: 2 },
+            inode: 1000,
+            device: 1,
+            links: 1,
+            xattrs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn each_compared_field_alone_makes_a_file_changed() {
+        let prev = file();
+        assert!(unchanged(&prev, &file()));
+        type Change = (&'static str, fn(&mut Node));
+        let changes: [Change; 5] = [
+            ("size", |n| n.size += 1),
+            ("mtime", |n| n.mtime.nanos += 1),
+            ("ctime", |n| n.ctime.nanos += 1),
+            ("inode", |n| n.inode += 1),
+            ("mode", |n| n.mode = 0o600),
+        ];
+        for (field, change) in changes {
+            let mut now = file();
+            change(&mut now);
+            assert!(
+                !unchanged(&prev, &now),
+                "a different {field} went unnoticed"
+            );
+        }
+    }
+}

@@ -56,6 +56,19 @@ async fn connect(socket: PathBuf) -> Result<AgentClient<Channel>, ClientError> {
             let cause = std::error::Error::source(&e)
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| e.to_string());
+            if io_error_kind(&e) == Some(std::io::ErrorKind::PermissionDenied) {
+                // The socket's mode (or its directory's) keeps this caller out: the same
+                // refusal as agentd's own peer check, so the same exit status.
+                return ClientError {
+                    message: format!(
+                        "may not use agentd at {}: {cause}; agentd is open to root and the \
+                         members of its group (daemon.group in its configuration)",
+                        socket.display()
+                    ),
+                    code: EXIT_DENIED,
+                    grpc: None,
+                };
+            }
             ClientError {
                 message: format!(
                     "cannot reach agentd at {}: {cause}; is it running (systemctl status agentd), \
@@ -68,6 +81,18 @@ async fn connect(socket: PathBuf) -> Result<AgentClient<Channel>, ClientError> {
             }
         })?;
     Ok(AgentClient::new(channel))
+}
+
+/// The kind of the I/O error somewhere in `e`'s chain of causes.
+fn io_error_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Runs a command against the daemon.
@@ -175,6 +200,7 @@ async fn dispatch(cli: &Cli) -> Result<ExitCode, ClientError> {
                     target: a.target.display().to_string(),
                     include: a.includes.iter().map(|p| p.display().to_string()).collect(),
                     delete: a.delete,
+                    source_host: a.host.clone().unwrap_or_default(),
                 })
                 .await?
                 .into_inner();

@@ -90,6 +90,9 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
                 if st.sockets_skipped > 0 {
                     println!("{} sockets skipped", st.sockets_skipped);
                 }
+                if st.excluded > 0 {
+                    println!("{} entries excluded", st.excluded);
+                }
             }
             for e in &s.errors {
                 eprintln!("error: {}: {}", e.path, e.error);
@@ -237,8 +240,9 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             ))
         }
         Command::Restore(a) => {
+            let host = restore_host(a)?;
             let repo = open(g)?;
-            let snap = repo.resolve_snapshot(&a.snapshot)?;
+            let snap = repo.resolve_for_host(&a.snapshot, &host)?;
             let mut opts = RestoreOptions::new(&a.target);
             opts.includes = a.includes.clone();
             opts.delete = a.delete;
@@ -291,6 +295,19 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Repair(a) => maint::repair_cmd(g, a),
         Command::Key(c) => maint::key(g, c),
         Command::Unlock(a) => maint::unlock(g, a),
+    }
+}
+
+/// Whose snapshots `latest` chooses from: --host, or this host. --host with a snapshot ID or
+/// name would be ignored, so it is refused.
+fn restore_host(a: &super::RestoreArgs) -> Result<String> {
+    match &a.host {
+        Some(h) if a.snapshot != "latest" => Err(Error::invalid(format!(
+            "--host {h} needs snapshot \"latest\": a snapshot ID or name already says whose \
+             snapshot it is"
+        ))),
+        Some(h) => Ok(h.clone()),
+        None => Ok(crate::backup::hostname()),
     }
 }
 

@@ -233,8 +233,12 @@ pub struct DiffArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Snapshot ID (or unique prefix), name, or "latest".
+    /// Snapshot ID (or unique prefix), name, or "latest": the latest snapshot of this host
+    /// (or of --host), not counting the safety snapshots a node restore takes.
     pub snapshot: String,
+    /// With "latest": take the latest snapshot of this host instead of this one's.
+    #[arg(long)]
+    pub host: Option<String>,
     /// Directory to restore into ("/" restores to the original place).
     #[arg(long)]
     pub target: PathBuf,

@@ -31,7 +31,7 @@ pub fn run(g: &Global, a: &NodeRestoreArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let repo = open(g)?;
+    let mut repo = open(g)?;
     let snapshot = a.snapshot.as_deref().unwrap_or("latest");
     let mut opts = NodeRestoreOptions::new(snapshot, &a.target, &state_dir);
     opts.source_host = a.source_host.clone();
@@ -90,7 +90,7 @@ pub fn run(g: &Global, a: &NodeRestoreArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    match node_restore::run(&repo, &systemd, &opts) {
+    match node_restore::run(&mut repo, &systemd, &opts) {
         Ok(report) => {
             if g.json {
                 println!(

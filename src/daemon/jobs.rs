@@ -123,10 +123,12 @@ fn run(agent: &Agent, rec: &OpRecord, progress: &Arc<Progress>) -> Result<Outcom
             target,
             include,
             delete,
+            source_host,
         } => {
             agent.ops.set_step(&rec.id, "opening repository");
             let repo = agent.open_repository()?;
-            let snap = repo.resolve_snapshot(snapshot)?;
+            let host = source_host.as_deref().unwrap_or(&agent.node);
+            let snap = repo.resolve_for_host(snapshot, host)?;
             agent.ops.update(&rec.id, |r| {
                 r.snapshot_id = Some(snap.id.to_hex());
                 r.snapshot_name = snap.snapshot.name.clone();

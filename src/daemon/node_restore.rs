@@ -45,7 +45,7 @@ pub fn run(agent: &Agent, rec: &OpRecord, progress: &Arc<Progress>) -> Result<Ou
         });
     }
     progress.set_step("opening repository");
-    let repo = agent.open_repository()?;
+    let mut repo = agent.open_repository()?;
     let systemd = Systemd::system().map_err(|e| e.context("a node restore controls units"))?;
     progress.check_cancelled()?;
 
@@ -100,7 +100,7 @@ pub fn run(agent: &Agent, rec: &OpRecord, progress: &Arc<Progress>) -> Result<Ou
         });
     }
 
-    match node_restore::run(&repo, &systemd, &opts) {
+    match node_restore::run(&mut repo, &systemd, &opts) {
         Ok(report) => {
             keep_report(agent, &id, &report, "");
             let snapshot_id = report.snapshot.map(|s| s.to_hex());

@@ -139,6 +139,10 @@ pub enum Request {
         target: PathBuf,
         include: Vec<PathBuf>,
         delete: bool,
+        /// Whose latest snapshot "latest" is; this node's when absent (and in records
+        /// written before the field existed).
+        #[serde(default)]
+        source_host: Option<String>,
     },
     Maintenance,
     NodeRestore {

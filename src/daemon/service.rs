@@ -83,6 +83,24 @@ fn check_absolute(field: &'static str, p: &str) -> Result<PathBuf, ApiError> {
     Ok(path)
 }
 
+/// The host whose latest snapshot a restore takes: only with snapshot "latest".
+fn check_source_host(snapshot: &str, host: &str) -> Result<Option<String>, ApiError> {
+    match host {
+        "" => Ok(None),
+        h if snapshot != "latest" => Err(invalid(
+            "source_host",
+            format!(
+                "{h:?} needs snapshot \"latest\": a snapshot ID or name already says whose \
+                 snapshot it is"
+            ),
+        )),
+        h if h.len() > 255 || h.chars().any(|c| c.is_control() || c.is_whitespace()) => {
+            Err(invalid("source_host", format!("{h:?} is not a host name")))
+        }
+        h => Ok(Some(h.to_string())),
+    }
+}
+
 /// A node restore's fields, checked before anything starts.
 fn node_restore_request(r: api::StartNodeRestoreRequest) -> Result<Request, ApiError> {
     if r.snapshot.is_empty() {
@@ -98,22 +116,7 @@ fn node_restore_request(r: api::StartNodeRestoreRequest) -> Result<Request, ApiE
             "cannot be /: a node restore swaps a directory in, so name the tree (/var/onprem)",
         ));
     }
-    let source_host = match r.source_host.as_str() {
-        "" => None,
-        h if r.snapshot != "latest" => {
-            return Err(invalid(
-                "source_host",
-                format!(
-                    "{h:?} needs snapshot \"latest\": a snapshot ID or name already says whose \
-                     snapshot it is"
-                ),
-            ));
-        }
-        h if h.len() > 255 || h.chars().any(|c| c.is_control() || c.is_whitespace()) => {
-            return Err(invalid("source_host", format!("{h:?} is not a host name")));
-        }
-        h => Some(h.to_string()),
-    };
+    let source_host = check_source_host(&r.snapshot, &r.source_host)?;
     let source_path = match r.source_path.as_str() {
         "" => None,
         p => Some(check_absolute("source_path", p)?),
@@ -222,6 +225,7 @@ impl AgentApi for Service {
             return Err(invalid("target", "must not contain '..'").into());
         }
         let request = Request::Restore {
+            source_host: check_source_host(&r.snapshot, &r.source_host)?,
             snapshot: r.snapshot,
             target: target.to_path_buf(),
             include: check_includes(&r.include)?,

@@ -5,6 +5,12 @@
 //! the configured group and opened to it (0660). Its directory, when agentd has to create
 //! it, is 0750 and belongs to the same group. A stale socket of a previous run is replaced;
 //! a live one (another agentd answers on it) is left alone and startup fails.
+//!
+//! Under systemd the directory is the unit's `RuntimeDirectory=`, which systemd makes (and
+//! at every start of the service, together with what is in it, gives back to) root:root;
+//! agentd then gives it, and a socket systemd passed in, to the configured group, or the
+//! group's members could not reach the socket. Only a directory systemd made for agentd
+//! (listed in `$RUNTIME_DIRECTORY`) is changed, never a shared one such as /run.
 
 use crate::error::{Error, Kind, Result};
 use std::os::fd::FromRawFd;
@@ -19,9 +25,24 @@ pub struct Listener {
 
 /// Binds the socket, or adopts the descriptor systemd passed (see [`activated_fd`]).
 pub fn listen(path: &Path, group: Option<u32>, activated: Option<i32>) -> Result<Listener> {
+    if let Some(gid) = group
+        && let Some(dir) = path.parent()
+        && is_runtime_directory(dir)
+    {
+        chgrp(dir, gid)?;
+    }
     if let Some(fd) = activated {
         // SAFETY: systemd passed this descriptor to us for our exclusive use.
         let std = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+        if let Some(gid) = group
+            && std
+                .local_addr()
+                .is_ok_and(|a| a.as_pathname() == Some(path))
+            && path.parent().is_some_and(is_runtime_directory)
+        {
+            // systemd's start of the service gave it to root:root with the directory.
+            chgrp(path, gid)?;
+        }
         std.set_nonblocking(true)
             .map_err(|e| Error::io("cannot use the socket from systemd", e))?;
         let listener = tokio::net::UnixListener::from_std(std)
@@ -74,6 +95,22 @@ pub fn listen(path: &Path, group: Option<u32>, activated: Option<i32>) -> Result
     Ok(Listener {
         listener,
         activated: false,
+    })
+}
+
+/// Whether systemd made `dir` as this service's `RuntimeDirectory=`.
+fn is_runtime_directory(dir: &Path) -> bool {
+    std::env::var_os("RUNTIME_DIRECTORY")
+        .is_some_and(|dirs| std::env::split_paths(&dirs).any(|d| d == dir))
+}
+
+/// Gives `path` to group `gid`, keeping its owner and mode.
+fn chgrp(path: &Path, gid: u32) -> Result<()> {
+    nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
+        Error::io(
+            format!("cannot give {} to group {gid}", path.display()),
+            std::io::Error::from(e),
+        )
     })
 }
 

@@ -33,7 +33,8 @@ use std::collections::HashMap;
 ///
 /// The session's index hides packs pending deletion; a parent snapshot whose root tree is
 /// only there cannot serve as the base of an incremental backup, so the backup then reads
-/// every file instead of failing.
+/// every file instead of failing. The repository keeps that index afterwards: a caller that
+/// goes on to read snapshots written by others (a restore) reloads it first.
 pub fn backup(repo: &mut Repository, opts: &BackupOptions) -> Result<BackupReport> {
     let session = WriteSession::begin(repo, "backup")?;
     let mut opts = opts.clone();

@@ -1,7 +1,13 @@
 //! Dry run of a node restore: what would be added, changed and removed in the target, and
 //! which units would be stopped. Touches nothing.
+//!
+//! An entry counts as changed when its type, mode, owner, extended attributes (ACLs and
+//! capabilities included), symlink target or device number differ from the snapshot's, or,
+//! for a regular file, its size or mtime: contents are not read, so a file rewritten with
+//! the same size and its old mtime put back shows as unchanged, as it would to an
+//! incremental backup. Directory mtimes and hard-link structure are not compared.
 
-use super::{NodeRestoreOptions, components, validate};
+use super::{NodeRestoreOptions, check_swap_points, components, validate};
 use crate::error::Result;
 use crate::repo::tree::{Node, NodeKind};
 use crate::repo::{Repository, Tree};
@@ -27,6 +33,7 @@ pub fn plan(
     opts: &NodeRestoreOptions,
 ) -> Result<DryRun> {
     let entry = validate(repo, opts)?;
+    check_swap_points(opts)?;
     let source = opts
         .source_path
         .clone()
@@ -82,7 +89,7 @@ fn compare(
                 }
             }
             Ok(meta) => {
-                if differs(node, &meta) {
+                if differs(node, &meta) || differs_in_content(node, &path) {
                     out.changed.push(path.clone());
                 }
                 if let (NodeKind::Dir { tree }, true) = (&node.kind, meta.is_dir()) {
@@ -112,6 +119,27 @@ fn add_all(repo: &Repository, tree: &Tree, dir: &Path, out: &mut DryRun) -> Resu
         }
     }
     Ok(())
+}
+
+/// What `differs` cannot see in the metadata: a symlink's target, a device's number, the
+/// extended attributes. An entry that cannot be read counts as changed (the restore
+/// rewrites it).
+fn differs_in_content(node: &Node, path: &Path) -> bool {
+    let target_differs = match &node.kind {
+        NodeKind::Symlink { target } => std::fs::read_link(path)
+            .map(|t| t.as_os_str().as_bytes() != target.as_slice())
+            .unwrap_or(true),
+        NodeKind::CharDevice { rdev } | NodeKind::BlockDevice { rdev } => {
+            std::fs::symlink_metadata(path).map_or(true, |m| m.rdev() != *rdev)
+        }
+        _ => false,
+    };
+    target_differs
+        || crate::fsmeta::read_xattrs(path).map_or(true, |live| {
+            let mut want = node.xattrs.clone();
+            want.sort_by(|a, b| a.name.cmp(&b.name));
+            live != want
+        })
 }
 
 fn differs(node: &Node, meta: &std::fs::Metadata) -> bool {

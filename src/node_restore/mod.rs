@@ -2,7 +2,9 @@
 //! cluster restore. In order:
 //!
 //! 1. validate: the snapshot exists, is Completed, and opens with the key;
-//! 2. take a safety snapshot of the current tree, tagged `pre-restore`;
+//! 2. take a safety snapshot of the current tree, tagged `pre-restore`, inside a writer
+//!    session like any other snapshot (a concurrent prune keeps what it reuses); a safety
+//!    snapshot that could not read everything stops the node restore before any change;
 //! 3. stop the configured units that are active, recording them first (see [`state`]);
 //! 4. restore into a staging directory beside the target and swap it in atomically
 //!    (`renameat2(RENAME_EXCHANGE)`): a failed or cancelled restore leaves the old tree;
@@ -22,13 +24,14 @@ pub use post::{PostStep, StepOutput};
 
 use crate::backup::{self, BackupOptions};
 use crate::error::{Error, Kind, Result};
+use crate::maintenance;
 use crate::progress::Progress;
 use crate::repo::{Id, Repository, SnapshotEntry, SnapshotStatus};
 use crate::restore::{self, RestoreOptions, RestoreReport};
 use crate::service::UnitControl;
 use serde::Serialize;
 use std::ffi::{CString, OsString};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,7 +126,7 @@ impl std::fmt::Display for Failure {
 }
 
 /// The tag of the safety snapshot taken before a node restore.
-pub const SAFETY_TAG: &str = "pre-restore";
+pub use crate::repo::snapshot::SAFETY_TAG;
 
 /// Picks and checks the snapshot: it must exist, be Completed, and open with the key.
 /// "latest" is the latest Completed snapshot of the source host (default: this node), not
@@ -132,20 +135,7 @@ pub fn validate(repo: &Repository, opts: &NodeRestoreOptions) -> Result<Snapshot
     let entry = match opts.snapshot.as_str() {
         "latest" => {
             let host = opts.source_host.as_deref().unwrap_or(&opts.hostname);
-            repo.list_snapshots()?
-                .into_iter()
-                .rev()
-                .find(|s| {
-                    s.snapshot.hostname == host
-                        && s.snapshot.status == SnapshotStatus::Completed
-                        && !s.snapshot.tags.iter().any(|t| t == SAFETY_TAG)
-                })
-                .ok_or_else(|| {
-                    Error::not_found(format!(
-                        "no Completed snapshot of host {host:?} (safety snapshots, tagged \
-                         {SAFETY_TAG}, are not counted: name one by its ID to restore it)"
-                    ))
-                })?
+            repo.latest_of_host(host, true)?
         }
         _ => repo.resolve_snapshot(&opts.snapshot)?,
     };
@@ -165,6 +155,106 @@ pub fn validate(repo: &Repository, opts: &NodeRestoreOptions) -> Result<Snapshot
     Ok(entry)
 }
 
+/// Checks that every directory the restore swaps in (the target, or each include) can be
+/// swapped: a mount point cannot be renamed, so its staged replacement could never take its
+/// place; and a file system mounted below it would move with the old tree, which is then
+/// removed, its contents with it. Refused before anything changes, saying what to do.
+pub fn check_swap_points(opts: &NodeRestoreOptions) -> Result<()> {
+    let mounts = mount_points()?;
+    for live in swap_points(opts) {
+        if let Some(m) = mounts.iter().find(|m| m.starts_with(&live) && **m != live) {
+            return Err(Error::invalid(format!(
+                "{} is mounted below {}: the swap would move that mount with the old tree, \
+                 which is removed afterwards. Unmount it (stop what mounts it, or add that \
+                 unit to the units the node restore stops), or restore the directories beside \
+                 it with --include",
+                m.display(),
+                live.display()
+            )));
+        }
+        let mounted = match is_mount_point(&live) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("cannot examine {}", live.display()), e)),
+        };
+        if mounted {
+            return Err(Error::invalid(format!(
+                "{live} is a mount point: a node restore builds the new tree beside it and \
+                 swaps the two with a rename, and a mount point cannot be renamed. Restore the \
+                 directories below it instead (each --include {live}/DIR is swapped on its \
+                 own, inside the mount), or restore in place without the atomic swap \
+                 (`agentctl restore SNAPSHOT --target / --include {live} --delete`, with the \
+                 units stopped by hand)",
+                live = live.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every mount point this process sees (`/proc/self/mountinfo`, field 5, with its octal
+/// escapes undone).
+fn mount_points() -> Result<Vec<PathBuf>> {
+    let text = std::fs::read("/proc/self/mountinfo")
+        .map_err(|e| Error::io("cannot read /proc/self/mountinfo", e))?;
+    let mut out = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        let Some(field) = line.split(|&b| b == b' ').nth(4) else {
+            continue;
+        };
+        let mut path = Vec::with_capacity(field.len());
+        let mut i = 0;
+        while i < field.len() {
+            let octal = field.get(i + 1..i + 4).and_then(|d| {
+                std::str::from_utf8(d)
+                    .ok()
+                    .and_then(|d| u8::from_str_radix(d, 8).ok())
+            });
+            match (field[i], octal) {
+                (b'\\', Some(b)) => {
+                    path.push(b);
+                    i += 4;
+                }
+                (b, _) => {
+                    path.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out.push(PathBuf::from(OsString::from_vec(path)));
+    }
+    Ok(out)
+}
+
+/// Whether `path` is the root of a mount (a bind mount on the same file system included).
+fn is_mount_point(path: &Path) -> std::io::Result<bool> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: statx is a plain C struct, for which all zeroes is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx writes only into `stx`; the path is NUL-terminated.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            0,
+            &mut stx,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let flag = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    if stx.stx_attributes_mask & flag != 0 {
+        return Ok(stx.stx_attributes & flag != 0);
+    }
+    // Kernels before 5.8 do not report it: another device than the parent's is a mount.
+    use std::os::unix::fs::MetadataExt;
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    Ok(std::fs::symlink_metadata(path)?.dev() != std::fs::metadata(parent)?.dev())
+}
+
 fn components(p: &Path) -> Vec<Vec<u8>> {
     p.components()
         .filter_map(|c| match c {
@@ -174,9 +264,10 @@ fn components(p: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Runs a node restore. Units stopped are always started again.
+/// Runs a node restore. Units stopped are always started again. The repository is taken
+/// mutably because the safety snapshot runs in a writer session, which replaces its index.
 pub fn run(
-    repo: &Repository,
+    repo: &mut Repository,
     units: &dyn UnitControl,
     opts: &NodeRestoreOptions,
 ) -> std::result::Result<NodeRestoreReport, Failure> {
@@ -217,15 +308,15 @@ pub fn run(
             );
         }
     }
+    if let Err(e) = check_swap_points(opts) {
+        fail!(Step::Validate, "target validation failed".into(), e);
+    }
 
     progress.set_step("safety snapshot");
     if opts.safety_snapshot && opts.target.exists() {
-        let mut b = BackupOptions::new(vec![opts.target.clone()]);
-        b.tags = vec![SAFETY_TAG.into()];
-        b.hostname = opts.hostname.clone();
-        match backup::backup(repo, &b) {
-            Ok(r) => report.safety_snapshot = Some(r.id),
-            Err(e) => fail!(Step::SafetySnapshot, "safety snapshot failed".into(), e),
+        match safety_snapshot(repo, opts) {
+            Ok(id) => report.safety_snapshot = Some(id),
+            Err(e) => fail!(Step::SafetySnapshot, SAFETY_FAILED.into(), e),
         }
     }
     // Nothing has changed yet: a cancel now needs no undoing.
@@ -320,6 +411,53 @@ pub fn run(
         }),
         None => Ok(report),
     }
+}
+
+/// The reason of a node restore stopped at its safety snapshot.
+pub const SAFETY_FAILED: &str = "safety snapshot failed";
+
+/// Takes the safety snapshot of the target as every writer does, in a writer session (so a
+/// prune on another node cannot delete data it reuses), and insists that it holds the whole
+/// tree: one that could not read some entries could not undo the restore, so the restore
+/// does not start (the caller can skip the safety snapshot to go ahead anyway).
+fn safety_snapshot(repo: &mut Repository, opts: &NodeRestoreOptions) -> Result<Id> {
+    let mut b = BackupOptions::new(vec![opts.target.clone()]);
+    b.tags = vec![SAFETY_TAG.into()];
+    b.hostname = opts.hostname.clone();
+    let result = maintenance::backup(repo, &b);
+    // The session's index leaves out packs pending deletion, which the snapshot being
+    // restored may still need (a prune gives such packs back): read the full index again.
+    repo.reload_index()?;
+    let r = result?;
+    if r.snapshot.status == SnapshotStatus::Completed {
+        return Ok(r.id);
+    }
+    const LISTED: usize = 5;
+    let mut listed: Vec<String> = r
+        .snapshot
+        .errors
+        .iter()
+        .take(LISTED)
+        .map(|e| format!("{}: {}", e.path, e.error))
+        .collect();
+    if r.snapshot.errors.len() > LISTED {
+        listed.push(format!("and {} more", r.snapshot.errors.len() - LISTED));
+    }
+    Err(Error::new(
+        Kind::Io,
+        format!(
+            "{} entries of {} could not be read ({}): the safety snapshot {} is \
+             PartiallyFailed and could not undo this restore, so nothing was changed. Run the \
+             node restore again once they can be read, or skip the safety snapshot to restore \
+             anyway (`agentctl node-restore --no-safety-snapshot`, skip_safety_snapshot in the \
+             API); snapshot {} keeps what could be read",
+            r.snapshot.stats.errors,
+            opts.target.display(),
+            listed.join("; "),
+            r.id.short(),
+            r.id.short()
+        ),
+    ))
 }
 
 /// Restores into staging directories and swaps them with the live ones; on any failure the
@@ -445,6 +583,18 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
         return Ok(());
     }
     let err = std::io::Error::last_os_error();
+    if matches!(err.raw_os_error(), Some(libc::EBUSY) | Some(libc::EXDEV)) {
+        // Checked before the restore began; a mount made since lands here.
+        return Err(Error::io(
+            format!(
+                "cannot swap {} with the restored tree: it is a mount point, or the restored \
+                 tree is on another file system; restore the directories below it instead \
+                 (--include)",
+                a.display()
+            ),
+            err,
+        ));
+    }
     if err.raw_os_error() != Some(libc::EINVAL) {
         return Err(Error::io(
             format!("cannot swap {} with the restored tree", a.display()),

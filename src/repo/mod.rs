@@ -427,6 +427,39 @@ impl Repository {
         Ok(out)
     }
 
+    /// The latest snapshot of `host`, not counting safety snapshots (tag
+    /// [`snapshot::SAFETY_TAG`]); with `completed_only`, not counting PartiallyFailed ones
+    /// either. What `latest` means to a restore: many hosts may share a repository.
+    pub fn latest_of_host(&self, host: &str, completed_only: bool) -> Result<SnapshotEntry> {
+        self.list_snapshots()?
+            .into_iter()
+            .rev()
+            .find(|s| {
+                s.snapshot.hostname == host
+                    && (!completed_only || s.snapshot.status == SnapshotStatus::Completed)
+                    && !s.snapshot.tags.iter().any(|t| t == snapshot::SAFETY_TAG)
+            })
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "no {}snapshot of host {host:?} (safety snapshots, tagged {}, are not \
+                     counted: name one by its ID to restore it; `agentctl snapshots` lists \
+                     every host's)",
+                    if completed_only { "Completed " } else { "" },
+                    snapshot::SAFETY_TAG
+                ))
+            })
+    }
+
+    /// [`Repository::resolve_snapshot`], except that `latest` is the latest snapshot of `host`
+    /// ([`Repository::latest_of_host`]), as restores read it.
+    pub fn resolve_for_host(&self, spec: &str, host: &str) -> Result<SnapshotEntry> {
+        if spec == "latest" {
+            self.latest_of_host(host, false)
+        } else {
+            self.resolve_snapshot(spec)
+        }
+    }
+
     /// Finds a snapshot by `latest`, a unique hex prefix of its ID (4 digits or more), or its
     /// name.
     pub fn resolve_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {

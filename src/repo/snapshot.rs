@@ -9,6 +9,9 @@ pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
 pub const SNAPSHOT_AAD: &[u8] = b"hostagent snapshot v1";
 /// Per-file errors kept in a manifest; the count is always exact.
 pub const MAX_RECORDED_ERRORS: usize = 1000;
+/// The tag of the safety snapshot a node restore takes of the tree it replaces. `latest`
+/// never names one: after a restore, it still names what was restored.
+pub const SAFETY_TAG: &str = "pre-restore";
 
 pub fn snapshot_key(id: &Id) -> String {
     format!("{SNAPSHOTS_PREFIX}{}", id.to_hex())

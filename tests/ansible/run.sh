@@ -3,21 +3,27 @@
 #
 #   tests/ansible/run.sh BIN_DIR      (BIN_DIR holds agentd and agentctl; as root)
 #
-# 1. ansible-lint passes on ansible/;
+# 1. ansible-lint passes on ansible/, with the production profile (ansible/.ansible-lint);
 # 2. two nodes (dep-a, dep-b) boot, each with sshd on its own loopback port and a key made
 #    for this run; the playbook (ansible/site.yml, secrets from ansible-vault) installs
 #    agentd in both, dep-a with a local repository, dep-b with one on S3 (a Garage server
 #    on the host); agentd runs and answers `agentctl status` in each, its repository
-#    reachable; no secret shows in the playbook's output;
-# 3. the installed unit (and dep-b's S3 drop-in) passes `systemd-analyze verify`; its
-#    `systemd-analyze security` exposure is printed;
+#    reachable; no secret shows in the playbook's output; a non-root member of the group
+#    hostagent gets an answer too, a non-member exit status 13;
+# 3. the installed unit (and dep-b's S3 drop-in, and agentd.socket) passes
+#    `systemd-analyze verify` without a word; its `systemd-analyze security` exposure is no
+#    higher than the README's figure;
 # 4. under that unit, a tree with owners, setuid, user.* xattrs, a file capability and POSIX
-#    ACLs is snapshotted and restored through agentd, and comes back identical; dep-b takes
-#    a snapshot into S3;
+#    ACLs is snapshotted and restored through agentd, and comes back identical; a node
+#    restore runs with the units and post-restore step the role configured; dep-b takes a
+#    snapshot into S3;
 # 5. a second run of the playbook changes nothing;
 # 6. an upgrade (a new agentd binary) while a snapshot runs on dep-a: the restart waits
 #    until the snapshot has ended (it completes, it is not canceled), then agentd restarts
-#    on the new binary, on both nodes.
+#    on the new binary, on both nodes;
+# 7. socket activation on dep-b: with agentd.socket and agentd stopped, a group member's
+#    `agentctl status` starts agentd; after `systemctl restart agentd` the socket still
+#    answers members and refuses others (13).
 #
 # The snapshot is held in a pre-snapshot hook until the test opens a gate, and the gate is
 # opened only once the playbook is seen waiting: nothing depends on timing.
@@ -82,8 +88,34 @@ describe() {
     done' describe "$1"
 }
 
-step "ansible-lint"
-(cd ansible && ansible-lint)
+# Runs agentctl in node $1 as user $2; prints its exit status.
+ctl_as() {
+  local n=$1 u=$2; shift 2
+  in_node "$n" runuser -u "$u" -- /usr/bin/agentctl "$@" > "$WORK/ctl-$u.out" 2>&1 && echo 0 || echo $?
+}
+# A member of the group agentd's socket is open to gets an answer; anyone else exit status 13.
+check_group_access() {
+  local n=$1 code
+  code=$(ctl_as "$n" member status)
+  [ "$code" = 0 ] || { cat "$WORK/ctl-member.out"; fail "$n: a member of group hostagent gets exit $code from agentctl status"; }
+  grep -q "agentd .* on node $n" "$WORK/ctl-member.out" || { cat "$WORK/ctl-member.out"; fail "$n: no status for a group member"; }
+  code=$(ctl_as "$n" outsider status)
+  [ "$code" = 13 ] || { cat "$WORK/ctl-outsider.out"; fail "$n: a non-member gets exit $code, not 13"; }
+  grep -q "Permission denied" "$WORK/ctl-outsider.out" || { cat "$WORK/ctl-outsider.out"; fail "$n: the refusal does not say why"; }
+}
+# systemd-analyze verify must say nothing at all: a warning is a failure.
+verify_quiet() {
+  local n=$1 out; shift
+  out=$(in_node "$n" systemd-analyze verify "$@" 2>&1) || { echo "$out"; fail "$n: systemd-analyze verify $* failed"; }
+  [ -z "$out" ] || { echo "$out"; fail "$n: systemd-analyze verify $* is not clean"; }
+  echo "$n: systemd-analyze verify $*: clean"
+}
+
+step "ansible-lint (production profile, from ansible/.ansible-lint)"
+(cd ansible && ansible-lint) > "$WORK/lint" 2>&1 || { cat "$WORK/lint"; fail "ansible-lint found problems"; }
+cat "$WORK/lint"
+grep -q "Profile 'production' was required, and it passed" "$WORK/lint" \
+  || fail "ansible-lint did not hold the role to the production profile"
 
 step "two nodes, each with sshd on its own port"
 ssh-keygen -q -t ed25519 -N '' -C hostagent-deploy-test -f "$WORK/id"
@@ -182,6 +214,12 @@ vaulted=$(vault vault_hostagent_repository_password "$PASSWORD"
             timeout: 10m
         hostagent_restart_poll_delay: 1
         hostagent_restart_wait_timeout: 600
+        hostagent_node_restore_units: [ssh.service, autofs.service]
+        hostagent_node_restore_unit_timeout: 60s
+        hostagent_node_restore_post_restore:
+          - name: lab exports
+            argv: [/usr/sbin/exportfs, -ra]
+            timeout: 30s
 EOF
   sed 's/^/        /' <<< "$vaulted"
 } > "$WORK/inventory.yml"
@@ -198,6 +236,10 @@ for n in "${NODES[@]}"; do
   grep -q "(reachable)" "$WORK/status-$n" || fail "$n: the repository is not reachable"
   [ "$(in_node "$n" stat -c '%a %U' /etc/hostagent/repo-password)" = "600 root" ] \
     || fail "$n: /etc/hostagent/repo-password is not 0600 root"
+  in_node "$n" useradd --no-create-home --groups hostagent member
+  in_node "$n" useradd --no-create-home outsider
+  check_group_access "$n"
+  echo "$n: a member of group hostagent is answered, a non-member refused (13)"
 done
 grep -q "repository: local:/var/backups/hostagent (reachable)" "$WORK/status-dep-a" \
   || fail "dep-a: not the local repository"
@@ -211,11 +253,17 @@ grep -q "Completed.* saved: 1 files" "$WORK/snapshot-dep-b" || fail "dep-b: the 
 
 step "the installed unit: systemd-analyze verify and security"
 for n in "${NODES[@]}"; do  # dep-b with the S3 credentials drop-in
-  in_node "$n" systemd-analyze verify /etc/systemd/system/agentd.service
+  verify_quiet "$n" /etc/systemd/system/agentd.service
 done
 in_node dep-b test -f /etc/systemd/system/agentd.service.d/s3-credentials.conf
 in_node dep-a systemd-analyze security --no-pager agentd.service | tee "$WORK/security"
-grep -q "Overall exposure level for agentd.service" "$WORK/security" || fail "no exposure figure"
+exposure=$(sed -n 's/.*Overall exposure level for agentd.service: \([0-9.]*\).*/\1/p' "$WORK/security")
+documented=$(sed -n 's/^`systemd-analyze security agentd.service`.*\*\*\([0-9.]*\) [A-Z]*\*\*.*/\1/p' README.md)
+[ -n "$exposure" ] || fail "no exposure figure"
+[ -n "$documented" ] || fail "README.md gives no exposure figure"
+python3 -c "import sys; sys.exit(0 if $exposure <= $documented else 1)" \
+  || fail "exposure $exposure is higher than the README's $documented"
+echo "exposure $exposure (README: $documented)"
 
 step "snapshot and restore through agentd, under the hardened unit"
 in_node dep-a agentctl snapshot --wait
@@ -227,6 +275,20 @@ grep -q "security.capability" "$WORK/before" && grep -q "system.posix_acl_defaul
   || { cat "$WORK/before"; fail "the source tree lacks the metadata under test"; }
 diff -u "$WORK/before" "$WORK/after" || fail "the restored tree differs from the original"
 echo "restored tree identical: $(wc -l < "$WORK/before") entries with owners, modes, xattrs, ACLs, capability"
+# The node restore under the unit, with the role's [node_restore] settings (the inventory's).
+in_node dep-a sh -c 'echo "live change" > /var/onprem/etc/config.yaml'
+in_node dep-a agentctl node-restore latest | tee "$WORK/node-restore"
+for want in "post-restore: lab exports" "Completed: node restore of /var/onprem" \
+    "units stopped and started again: ssh.service, autofs.service;"; do
+  grep -qF "$want" "$WORK/node-restore" || fail "the node restore output lacks: $want"
+done
+[ "$(in_node dep-a cat /var/onprem/etc/config.yaml)" = "cluster: a" ] || fail "the node restore did not bring the file back"
+for u in ssh.service autofs.service; do
+  in_node dep-a systemctl is-active "$u" > /dev/null || fail "$u is not running after the node restore"
+done
+describe /var/onprem > "$WORK/after-node-restore"
+diff -u "$WORK/before" "$WORK/after-node-restore" || fail "the node-restored tree differs from the original"
+echo "node restore under the unit: units and post-restore step from the role, tree identical"
 
 step "second run: nothing changes"
 playbook "$WORK/run2.log" || { cat "$WORK/run2.log"; fail "the second run failed"; }
@@ -275,4 +337,29 @@ for n in "${NODES[@]}"; do
   in_node "$n" systemctl is-active agentd.service > /dev/null
   in_node "$n" agentctl status > /dev/null || fail "$n: agentd does not answer after the upgrade"
 done
+
+step "socket activation on dep-b (systemd/agentd.socket)"
+r=$("$LAB" root dep-b)
+install -m 0644 systemd/agentd.socket "$r/etc/systemd/system/agentd.socket"
+in_node dep-b systemctl daemon-reload
+verify_quiet dep-b /etc/systemd/system/agentd.socket /etc/systemd/system/agentd.service
+in_node dep-b systemctl stop agentd.service
+in_node dep-b systemctl enable --now agentd.socket
+[ "$(in_node dep-b systemctl is-active agentd.service || true)" = inactive ] || fail "agentd runs before any connection"
+[ "$(in_node dep-b stat -c '%a %U %G' /run/hostagent/agent.sock)" = "660 root hostagent" ] \
+  || fail "the socket unit's socket is $(in_node dep-b stat -c '%a %U %G' /run/hostagent/agent.sock)"
+check_group_access dep-b
+in_node dep-b systemctl is-active agentd.service > /dev/null || fail "a connection did not start agentd"
+# agentd logs "agentd ready" with the journal field ACTIVATED=true when it took the socket.
+activated() { in_node dep-b journalctl -u agentd.service --no-pager -o cat ACTIVATED=true | grep -c "agentd ready" || true; }
+[ "$(activated)" = 1 ] || { in_node dep-b journalctl -u agentd.service --no-pager | tail -20; fail "agentd did not take the socket from systemd"; }
+pid1=$(in_node dep-b systemctl show -P MainPID agentd.service)
+in_node dep-b systemctl restart agentd.service
+[ "$(in_node dep-b systemctl show -P MainPID agentd.service)" != "$pid1" ] || fail "agentd was not restarted"
+check_group_access dep-b
+in_node dep-b systemctl stop agentd.service
+check_group_access dep-b
+in_node dep-b systemctl is-active agentd.service > /dev/null || fail "a connection after a stop did not start agentd"
+[ "$(activated)" = 3 ] || fail "agentd did not take the socket from systemd at each of its 3 starts"
+echo "socket activation: agentd started by a member's connection, the socket kept across restart and stop"
 echo "deploy test passed"

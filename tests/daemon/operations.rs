@@ -90,6 +90,37 @@ async fn snapshot_with_watched_progress_then_restore_and_delete() {
     assert_eq!(phase(&done), api::Phase::Completed, "{done:#?}");
     let restored_root = target.join(node.data.strip_prefix("/").unwrap());
     assert_eq!(tree_contents(&restored_root), tree_contents(&node.data));
+    // "latest" is this node's latest: another host has none here, said by name.
+    let op = c
+        .start_restore(api::StartRestoreRequest {
+            snapshot: "latest".into(),
+            target: node.dir.path().join("other").display().to_string(),
+            source_host: "node-b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_for(&mut c, &op.id, 120, is_terminal).await;
+    assert_eq!(phase(&done), api::Phase::Failed, "{done:#?}");
+    assert_eq!(reason(&done), api::FailureReason::NotFound);
+    assert!(
+        done.message.contains("no snapshot of host \"node-b\""),
+        "{}",
+        done.message
+    );
+    // A host goes with "latest" only: an ID already says whose snapshot it is.
+    let e = c
+        .start_restore(api::StartRestoreRequest {
+            snapshot: last.snapshot_id.clone(),
+            target: node.dir.path().join("other").display().to_string(),
+            source_host: "node-b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("source_host"), "{}", e.message());
 
     // Status tells the last success of each kind.
     let st = c

@@ -11,6 +11,11 @@
 #
 # Nodes share the host's network (loopback reaches test servers on the host). Inside, autofs
 # runs; nfs-server cannot start (a container has no nfsd file system).
+#
+# autofs needs the host kernel's autofs file system. On a kernel built without it
+# (CONFIG_AUTOFS_FS unset) `start` refuses, unless LAB_AUTOFS_STANDIN=1: autofs.service then
+# runs a placeholder process in place of automount, so the unit is still stopped and started
+# by systemd but nothing is automounted.
 set -euo pipefail
 LAB_CACHE=${LAB_CACHE:-/var/cache/hostagent/lab}
 LAB_RUN=${LAB_RUN:-/var/tmp/hostagent-lab}
@@ -51,6 +56,12 @@ UNIT
 
 node_dir() { echo "$LAB_RUN/$1"; }
 
+kernel_has_autofs() {
+  grep -qw autofs /proc/filesystems && return 0
+  modprobe autofs4 2>/dev/null || modprobe autofs 2>/dev/null || true
+  grep -qw autofs /proc/filesystems
+}
+
 pid() {
   local dir nspawn
   dir=$(node_dir "$1")
@@ -61,11 +72,22 @@ pid() {
 start() {
   local name=$1 dir
   [ -d "$IMAGE" ] || build
+  local standin=""
+  if ! kernel_has_autofs; then
+    [ "${LAB_AUTOFS_STANDIN:-}" = 1 ] || die "this kernel has no autofs file system (CONFIG_AUTOFS_FS), so autofs cannot run in a node; set LAB_AUTOFS_STANDIN=1 to run autofs.service with a placeholder process (unit control is still systemd's, nothing is automounted)"
+    standin=1
+  fi
   dir=$(node_dir "$name")
   [ -e "$dir/nspawn.pid" ] && stop "$name"
   mkdir -p "$dir/upper" "$dir/work" "$dir/root"
   mount -t overlay overlay -o "lowerdir=$IMAGE,upperdir=$dir/upper,workdir=$dir/work,redirect_dir=on" "$dir/root"
   echo "$name" > "$dir/root/etc/hostname"
+  if [ -n "$standin" ]; then
+    echo "lab: $name: autofs.service runs a placeholder (LAB_AUTOFS_STANDIN=1)" >&2
+    mkdir -p "$dir/root/etc/systemd/system/autofs.service.d"
+    printf '[Service]\nType=simple\nPIDFile=\nExecStart=\nExecStart=/bin/sleep infinity\nExecReload=\n' \
+      > "$dir/root/etc/systemd/system/autofs.service.d/lab-standin.conf"
+  fi
   mkdir -p /run/systemd/nspawn
   mountpoint -q /run/systemd/nspawn || mount -t tmpfs tmpfs /run/systemd/nspawn
   setsid systemd-nspawn -D "$dir/root" --boot --register=no --keep-unit -M "$name" \
@@ -76,22 +98,32 @@ start() {
     p=$(pgrep -P "$(cat "$dir/nspawn.pid")" -x systemd | head -1 || true)
     if [ -n "$p" ]; then
       state=$(nsenter -t "$p" -m -u -i -n -p systemctl is-system-running 2>/dev/null || true)
-      case "$state" in running|degraded) autofs_up "$p" "$dir"; echo "$p"; return 0 ;; esac
+      case "$state" in running|degraded) autofs_up "$p" "$dir" "$name"; echo "$p"; return 0 ;; esac
     fi
     sleep 0.2
   done
-  die "node $name did not boot; see $dir/console.log"
+  fail_start "$name" "node $name did not boot"
+}
+
+# A node that failed to come up is powered off (its console log kept) before failing.
+fail_start() {
+  local name=$1 why=$2 log
+  log=$(mktemp /var/tmp/hostagent-lab-console.XXXXXX)
+  cp "$(node_dir "$name")/console.log" "$log" 2>/dev/null || true
+  stop "$name"
+  die "$why; see $log"
 }
 
 # The tests expect autofs running, as on a production node. On a busy host its start can
 # time out during boot (the node then comes up "degraded"); start it again until it runs.
 autofs_up() {
-  local p=$1 dir=$2
+  local p=$1 dir=$2 name=$3
   for _ in $(seq 1 5); do
     nsenter -t "$p" -m -u -i -n -p systemctl is-active -q autofs.service && return 0
     nsenter -t "$p" -m -u -i -n -p systemctl restart autofs.service >>"$dir/console.log" 2>&1 || sleep 1
   done
-  die "autofs does not start in the node; see $dir/console.log"
+  nsenter -t "$p" -m -u -i -n -p journalctl -u autofs.service --no-pager -n 5 >>"$dir/console.log" 2>&1 || true
+  fail_start "$name" "autofs does not start in the node"
 }
 
 run_in() {
@@ -120,5 +152,5 @@ case "$cmd" in
   root) echo "$(node_dir "$1")/root" ;;
   exec) run_in "$@" ;;
   stop) stop "$@" ;;
-  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,19p' "$0" >&2; exit 2 ;;
 esac

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: repositories with a fast KDF, backup and restore
 //! with test settings, running `agentctl`, and small file-system utilities. Fixture trees
 //! live in [`fixture`], tree comparison in [`compare`], hand-made (hostile) trees in
-//! [`craft`].
+//! [`craft`], a trap that acts when another process opens a file in [`lease`].
 //!
 //! Each test binary uses a different part of this module.
 #![allow(dead_code)]
@@ -9,6 +9,7 @@
 pub mod compare;
 pub mod craft;
 pub mod fixture;
+pub mod lease;
 
 use hostagent::backup::{self, BackupOptions, BackupReport, ParentChoice};
 use hostagent::repo::{InitOptions, KdfParams, Repository, Snapshot};
