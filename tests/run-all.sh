@@ -28,8 +28,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 step "python gRPC client (the API tests drive agentd with grpcio too)"
-python3 -c "import grpc, grpc_tools" 2>/dev/null || python3 -m pip install --quiet grpcio grpcio-tools \
-  || python3 -m pip install --quiet --break-system-packages grpcio grpcio-tools
+# The system's python3, so that the unauthorized-peer test can run the client as uid 65534
+# (an interpreter under /root, pyenv's say, is out of its reach).
+PY=/usr/bin/python3
+setpriv --reuid=65534 --regid=65534 --clear-groups "$PY" -c "import grpc, grpc_tools" 2>/dev/null \
+  || (umask 022 && { "$PY" -m pip install --quiet grpcio grpcio-tools \
+    || "$PY" -m pip install --quiet --break-system-packages grpcio grpcio-tools; })
 
 step "Garage, the S3 server the S3 tests run against (built once, then reused)"
 if ! command -v garage >/dev/null && [ ! -x "$HOME/.cargo/bin/garage" ]; then

@@ -2,7 +2,7 @@
 //! Nothing here calls the engine; the daemon does the work and this module shows it.
 
 use super::output;
-use super::{Cli, Command, EXIT_PARTIAL};
+use super::{Cli, Command, EXIT_PARTIAL, MaintenanceTaskArg};
 use crate::api;
 use crate::api::agent_client::AgentClient;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -154,12 +154,16 @@ async fn dispatch(cli: &Cli) -> Result<ExitCode, ClientError> {
                  here, run the restore directly with --repo DIR",
             ));
         }
+        Command::Forget(_) | Command::Prune(_) | Command::Check(_) => {
+            return Err(usage(
+                "this command works on a repository directly: pass --repo DIR (or set \
+                 HOSTAGENT_REPO); to have agentd forget, prune and check with its configured \
+                 policy, run `agentctl maintenance`",
+            ));
+        }
         Command::Repo(_)
         | Command::Ls(_)
         | Command::Diff(_)
-        | Command::Forget(_)
-        | Command::Prune(_)
-        | Command::Check(_)
         | Command::Repair(_)
         | Command::Key(_)
         | Command::Unlock(_) => {
@@ -225,6 +229,26 @@ async fn dispatch(cli: &Cli) -> Result<ExitCode, ClientError> {
                 .await?
                 .into_inner();
             started(cli, client, op, !a.no_wait).await
+        }
+        Command::Maintenance(a) => {
+            let op = client
+                .start_maintenance(api::StartMaintenanceRequest {
+                    request_id: a.request_id.clone().unwrap_or_default(),
+                    tasks: a
+                        .tasks
+                        .iter()
+                        .map(|t| match t {
+                            MaintenanceTaskArg::Forget => api::MaintenanceTask::Forget,
+                            MaintenanceTaskArg::Prune => api::MaintenanceTask::Prune,
+                            MaintenanceTaskArg::Check => api::MaintenanceTask::Check,
+                        } as i32)
+                        .collect(),
+                    dry_run: a.dry_run,
+                    check_read_data_subset: a.read_data_subset.clone().unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            started(cli, client, op, a.wait).await
         }
         Command::Watch(a) => watch(cli, &mut client, &a.operation).await,
         Command::Cancel(a) => {
@@ -484,6 +508,9 @@ async fn watch(
         if let Some(n) = &op.node_restore {
             print_node_restore(n);
         }
+        if let Some(m) = &op.maintenance {
+            print_maintenance(m);
+        }
     }
     Ok(ExitCode::from(match api::Phase::try_from(op.phase) {
         Ok(api::Phase::Completed) => 0,
@@ -527,6 +554,44 @@ fn print_node_restore(n: &api::NodeRestoreResult) {
     }
     if !n.failed_step.is_empty() {
         eprintln!("failed step: {}", n.failed_step);
+    }
+}
+
+/// What a maintenance did, after its one-line outcome.
+fn print_maintenance(m: &api::MaintenanceResult) {
+    let would = if m.dry_run { "would be " } else { "" };
+    if m.tasks.iter().any(|t| t == "forget") {
+        println!("policy: {}", m.policy);
+        for s in &m.removed {
+            println!(
+                "{would}removed snapshot {} ({}, {}, {}): {}",
+                short(&s.id),
+                s.name,
+                s.time,
+                s.hostname,
+                s.reason
+            );
+        }
+    }
+    for p in &m.prune_problems {
+        eprintln!("prune: {p}");
+    }
+    for w in &m.check_warnings {
+        println!("check warning: {w}");
+    }
+    for e in &m.check_errors {
+        eprintln!("check error: {e}");
+    }
+    for d in &m.damaged_snapshots {
+        eprintln!(
+            "check: snapshot {} ({}, {}) cannot be fully restored:",
+            short(&d.id),
+            d.time,
+            d.hostname
+        );
+        for x in &d.damage {
+            eprintln!("    {x}");
+        }
     }
 }
 
@@ -599,6 +664,28 @@ fn op_json(o: &api::Operation) -> Value {
             "added_count": n.added_count, "changed_count": n.changed_count,
             "removed_count": n.removed_count,
         })),
+        "maintenance": o.maintenance.as_ref().map(maintenance_json),
+    })
+}
+
+fn maintenance_json(m: &api::MaintenanceResult) -> Value {
+    json!({
+        "tasks": m.tasks, "dry_run": m.dry_run, "steps": m.steps, "policy": m.policy,
+        "snapshots_kept": m.snapshots_kept, "snapshots_expired": m.snapshots_expired,
+        "snapshots_forgotten": m.snapshots_forgotten,
+        "removed": m.removed.iter().map(|s| json!({
+            "id": s.id, "name": s.name, "time": s.time, "hostname": s.hostname,
+            "reason": s.reason,
+        })).collect::<Vec<_>>(),
+        "packs_deleted": m.packs_deleted, "bytes_freed": m.bytes_freed,
+        "packs_announced": m.packs_announced, "bytes_announced": m.bytes_announced,
+        "missing_blobs": m.missing_blobs, "prune_problems": m.prune_problems,
+        "checked": m.checked, "check_ok": m.check_ok,
+        "check_packs_read": m.check_packs_read, "check_bytes_read": m.check_bytes_read,
+        "check_errors": m.check_errors, "check_warnings": m.check_warnings,
+        "damaged_snapshots": m.damaged_snapshots.iter().map(|d| json!({
+            "id": d.id, "time": d.time, "hostname": d.hostname, "damage": d.damage,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -239,6 +239,10 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
              elsewhere)",
             ))
         }
+        Command::Maintenance(_) => Err(Error::invalid(
+            "maintenance asks agentd to apply its configured retention, prune and check: drop \
+             --repo; on a repository directly, run `forget`, `prune` and `check`",
+        )),
         Command::Restore(a) => {
             let host = restore_host(a)?;
             let repo = open(g)?;

@@ -133,6 +133,9 @@ pub enum Command {
     /// Bring a node's tree back: stop units, restore with an atomic swap, run post-restore
     /// steps, start the units again.
     NodeRestore(NodeRestoreArgs),
+    /// Ask agentd to run maintenance: forget by its configured keep policy and by expiry,
+    /// prune, and check (the tasks and policy are agentd's [maintenance] configuration).
+    Maintenance(MaintenanceArgs),
     /// Forget snapshots by expiry and keep rules (see docs/MAINTENANCE.md).
     Forget(maint::ForgetArgs),
     /// Delete snapshots by ID or name (directly with --repo, else through agentd).
@@ -202,6 +205,37 @@ pub struct SnapshotArgs {
     /// (with agentd too).
     #[arg(long)]
     pub ttl: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MaintenanceArgs {
+    /// A task to run (repeatable; they run as forget, prune, check); default: the tasks of
+    /// agentd's [maintenance] configuration.
+    #[arg(long = "task", value_enum, value_name = "TASK")]
+    pub tasks: Vec<MaintenanceTaskArg>,
+    /// Report what would be forgotten and pruned; change nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// The check's share of pack data to read and verify: 10%, 5GiB, all, or none
+    /// (structure only); default: agentd's check_read_data_subset.
+    #[arg(long, value_name = "SUBSET")]
+    pub read_data_subset: Option<String>,
+    /// Wait for the maintenance to finish and print what it did.
+    #[arg(long)]
+    pub wait: bool,
+    /// A retry with the same ID returns the same operation.
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MaintenanceTaskArg {
+    /// Remove expired snapshots and those the keep policy does not keep.
+    Forget,
+    /// Delete the data no snapshot needs.
+    Prune,
+    /// Verify the repository's structure and a share of its data.
+    Check,
 }
 
 #[derive(Debug, Args)]

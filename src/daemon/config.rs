@@ -7,8 +7,11 @@
 //! Each kind of repository location is its own optional table under `[repository]`
 //! (`local`, `s3`); a new kind adds a table and a case in [`RepositoryConfig::location`].
 
+use super::record::MaintenanceTask;
 use crate::backup::Excludes;
 use crate::error::{Error, Result};
+use crate::maintenance::check::DataSubset;
+use crate::maintenance::retention::{GroupBy, KeepPolicy};
 use serde::{Deserialize, Deserializer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +42,8 @@ pub struct Config {
     pub change_hints: ChangeHints,
     #[serde(default)]
     pub node_restore: NodeRestoreConfig,
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -393,6 +398,87 @@ impl NodeRestoreConfig {
     }
 }
 
+/// The name under which the maintenance schedule is reported (GetStatus, metrics); no
+/// snapshot schedule may take it.
+pub const MAINTENANCE_SCHEDULE: &str = "maintenance";
+
+/// `[maintenance]`: what a maintenance operation does (retention, prune, check) and when
+/// agentd runs one by itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// Five fields, evaluated in UTC, like a snapshot schedule; no scheduled maintenance
+    /// when absent.
+    pub cron: Option<String>,
+    /// The tasks of scheduled runs, and of requests that name none.
+    pub tasks: Vec<MaintenanceTask>,
+    /// The keep policy (see `maintenance::retention`); expired snapshots go regardless.
+    pub keep_last: u32,
+    pub keep_hourly: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    pub keep_yearly: u32,
+    pub keep_tags: Vec<String>,
+    /// "host,tags", "host", "host,paths", "" (one group).
+    pub group_by: String,
+    /// Apply the policy to every host's snapshots, not only this node's.
+    pub all_hosts: bool,
+    /// The check's share of pack data: "10%", "5GiB", "all"; structure only when absent.
+    pub check_read_data_subset: Option<String>,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig {
+            cron: None,
+            tasks: vec![MaintenanceTask::Forget, MaintenanceTask::Prune],
+            keep_last: 0,
+            keep_hourly: 0,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            keep_yearly: 0,
+            keep_tags: Vec::new(),
+            group_by: "host,tags".to_string(),
+            all_hosts: false,
+            check_read_data_subset: None,
+        }
+    }
+}
+
+impl MaintenanceConfig {
+    pub fn keep_policy(&self) -> KeepPolicy {
+        KeepPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            tags: self.keep_tags.clone(),
+        }
+    }
+
+    pub fn group_by(&self) -> GroupBy {
+        GroupBy::parse(&self.group_by).expect("validated at load")
+    }
+}
+
+/// A check's data share as written in the configuration or a request: "10%", "5GiB",
+/// "all", or "none" (structure only, returned as None).
+pub fn parse_read_data_subset(s: &str) -> std::result::Result<Option<DataSubset>, String> {
+    if s.trim() == "none" {
+        return Ok(None);
+    }
+    DataSubset::parse(s).map(Some).map_err(|_| {
+        format!(
+            "{s:?} is not a share of the data: give a percentage (\"10%\"), a size (\"5GiB\"), \
+             \"all\" or \"none\""
+        )
+    })
+}
+
 /// A systemd unit name: `name.type`, of the characters systemd allows.
 fn check_unit_name(u: &str) -> std::result::Result<(), String> {
     let ok = u.len() <= 255
@@ -600,6 +686,15 @@ impl Config {
                     format!("another schedule is already named {:?}", s.name),
                 );
             }
+            if s.name == MAINTENANCE_SCHEDULE {
+                return err(
+                    &format!("{key}.name"),
+                    format!(
+                        "{MAINTENANCE_SCHEDULE:?} names the maintenance schedule ([maintenance] \
+                         cron); give this snapshot schedule another name"
+                    ),
+                );
+            }
             if let Err(problem) = super::schedule::parse_cron(&s.cron) {
                 return err(&format!("{key}.cron"), problem);
             }
@@ -659,6 +754,7 @@ impl Config {
                 _ => {}
             }
         }
+        self.validate_maintenance()?;
         if let Some(addr) = self.metrics.listen
             && !addr.ip().is_loopback()
         {
@@ -669,6 +765,50 @@ impl Config {
                      only (put a proxy in front to expose them)"
                 ),
             );
+        }
+        Ok(())
+    }
+
+    fn validate_maintenance(&self) -> std::result::Result<(), (String, String)> {
+        let err = |key: &str, problem: String| Err((format!("maintenance.{key}"), problem));
+        let m = &self.maintenance;
+        if let Some(cron) = &m.cron
+            && let Err(problem) = super::schedule::parse_cron(cron)
+        {
+            return err("cron", problem);
+        }
+        if m.tasks.is_empty() {
+            return err(
+                "tasks",
+                "empty: name the tasks of a maintenance, among \"forget\", \"prune\" and \
+                 \"check\""
+                    .into(),
+            );
+        }
+        for (i, t) in m.tasks.iter().enumerate() {
+            if m.tasks[..i].contains(t) {
+                return err("tasks", format!("{:?} is listed twice", t.as_str()));
+            }
+        }
+        if GroupBy::parse(&m.group_by).is_err() {
+            return err(
+                "group_by",
+                format!(
+                    "{:?}: list the fields to group snapshots by, among host, tags and paths, \
+                     comma-separated (\"\" puts every snapshot in one group)",
+                    m.group_by
+                ),
+            );
+        }
+        for (i, t) in m.keep_tags.iter().enumerate() {
+            if let Err(problem) = check_tag(t) {
+                return err(&format!("keep_tags[{i}]"), problem);
+            }
+        }
+        if let Some(s) = &m.check_read_data_subset
+            && let Err(problem) = parse_read_data_subset(s)
+        {
+            return err("check_read_data_subset", problem);
         }
         Ok(())
     }
@@ -813,6 +953,33 @@ paths = ["/var/onprem"]
         );
         assert_eq!(c.hooks.post_snapshot[0].on_error, OnError::Continue);
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9465".parse().unwrap()));
+        let m = &c.maintenance;
+        assert_eq!(m.cron.as_deref(), Some("30 4 * * *"));
+        assert_eq!(
+            m.tasks,
+            [
+                MaintenanceTask::Forget,
+                MaintenanceTask::Prune,
+                MaintenanceTask::Check
+            ]
+        );
+        let p = m.keep_policy();
+        assert_eq!((p.last, p.daily, p.weekly, p.monthly), (3, 7, 4, 6));
+        assert_eq!(m.group_by(), GroupBy::default());
+    }
+
+    #[test]
+    fn maintenance_defaults_forget_expired_snapshots_and_prune_unscheduled() {
+        let c = parse("").unwrap();
+        let m = &c.maintenance;
+        assert!(m.cron.is_none());
+        assert_eq!(m.tasks, [MaintenanceTask::Forget, MaintenanceTask::Prune]);
+        assert!(m.keep_policy().is_empty());
+        assert!(!m.all_hosts);
+        assert!(m.check_read_data_subset.is_none());
+        let c =
+            parse("[maintenance]\ngroup_by = \"\"\ncheck_read_data_subset = \"none\"\n").unwrap();
+        assert!(!c.maintenance.group_by().host);
     }
 
     const S3: &str = r#"
@@ -929,6 +1096,31 @@ paths = ["/var/onprem"]
                 "node_restore.post_restore[0].argv",
             ),
             ("[node_restore]\nunit_timeout = \"0s\"\n", "unit_timeout"),
+            ("[maintenance]\ncron = \"daily\"\n", "maintenance.cron"),
+            ("[maintenance]\ntasks = []\n", "maintenance.tasks"),
+            (
+                "[maintenance]\ntasks = [\"prune\", \"prune\"]\n",
+                "maintenance.tasks",
+            ),
+            ("[maintenance]\ntasks = [\"purge\"]\n", "purge"),
+            (
+                "[maintenance]\ngroup_by = \"node\"\n",
+                "maintenance.group_by",
+            ),
+            (
+                "[maintenance]\nkeep_tags = [\"a,b\"]\n",
+                "maintenance.keep_tags[0]",
+            ),
+            (
+                "[maintenance]\ncheck_read_data_subset = \"lots\"\n",
+                "maintenance.check_read_data_subset",
+            ),
+            ("[maintenance]\nkeep_daily = -1\n", "keep_daily"),
+            ("[maintenance]\nkeep_weekly = 2\nprune = true\n", "prune"),
+            (
+                "[[schedules]]\nname = \"maintenance\"\ncron = \"0 2 * * *\"\n",
+                "schedules[0].name",
+            ),
         ] {
             let e = parse(extra).unwrap_err().to_string();
             assert!(e.contains(key), "{extra}: {e}");

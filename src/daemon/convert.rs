@@ -1,6 +1,6 @@
 //! Conversions from the agent's records and the repository's manifests to API messages.
 
-use super::record::{FailureReason, NodeRestoreRecord, OpKind, OpRecord, Phase};
+use super::record::{FailureReason, MaintenanceRecord, NodeRestoreRecord, OpKind, OpRecord, Phase};
 use crate::api;
 use crate::repo::SnapshotEntry;
 
@@ -42,6 +42,7 @@ pub fn reason(r: FailureReason) -> api::FailureReason {
         FailureReason::Unsupported => A::Unsupported,
         FailureReason::UnitControl => A::UnitControl,
         FailureReason::Internal => A::Internal,
+        FailureReason::RepositoryBusy => A::RepositoryBusy,
     }
 }
 
@@ -98,6 +99,52 @@ pub fn operation(r: &OpRecord) -> api::Operation {
             })
             .collect(),
         node_restore: r.node_restore.as_ref().map(node_restore),
+        maintenance: r.maintenance.as_ref().map(maintenance),
+    }
+}
+
+fn maintenance(m: &MaintenanceRecord) -> api::MaintenanceResult {
+    api::MaintenanceResult {
+        tasks: m.tasks.clone(),
+        dry_run: m.dry_run,
+        steps: m.steps.clone(),
+        policy: m.policy.clone(),
+        snapshots_kept: m.snapshots_kept,
+        snapshots_expired: m.snapshots_expired,
+        snapshots_forgotten: m.snapshots_forgotten,
+        removed: m
+            .removed
+            .iter()
+            .map(|s| api::RemovedSnapshot {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                time: s.time.clone(),
+                hostname: s.hostname.clone(),
+                reason: s.reason.clone(),
+            })
+            .collect(),
+        packs_deleted: m.packs_deleted,
+        bytes_freed: m.bytes_freed,
+        packs_announced: m.packs_announced,
+        bytes_announced: m.bytes_announced,
+        missing_blobs: m.missing_blobs,
+        prune_problems: m.prune_problems.clone(),
+        checked: m.checked,
+        check_ok: m.check_ok,
+        check_packs_read: m.check_packs_read,
+        check_bytes_read: m.check_bytes_read,
+        check_errors: m.check_errors.clone(),
+        check_warnings: m.check_warnings.clone(),
+        damaged_snapshots: m
+            .damaged_snapshots
+            .iter()
+            .map(|d| api::DamagedSnapshot {
+                id: d.id.clone(),
+                time: d.time.clone(),
+                hostname: d.hostname.clone(),
+                damage: d.damage.clone(),
+            })
+            .collect(),
     }
 }
 

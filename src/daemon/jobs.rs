@@ -165,10 +165,7 @@ fn run(agent: &Agent, rec: &OpRecord, progress: &Arc<Progress>) -> Result<Outcom
                 errors: report.errors,
             })
         }
-        Request::Maintenance => Err(Error::new(
-            Kind::Unsupported,
-            "maintenance is not available in this build",
-        )),
+        Request::Maintenance { .. } => super::maintenance::run(agent, rec, progress),
         Request::NodeRestore { .. } => super::node_restore::run(agent, rec, progress),
     }
 }
@@ -256,6 +253,7 @@ fn snapshot(
         reason = Some(FailureReason::HookFailed);
         message.push_str(&format!("; post-snapshot hook {hook} failed"));
     }
+    agent.metrics.snapshot_saved(&snap.stats);
     tracing::info!(
         operation_id = %id, snapshot_id = %sid, snapshot_name = snap.name.as_deref().unwrap_or(""),
         bytes = snap.stats.bytes_read, bytes_new = snap.stats.bytes_new,

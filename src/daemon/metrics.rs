@@ -1,6 +1,8 @@
 //! Prometheus metrics: operations by kind and result, durations, bytes, the last success of
-//! each kind. Served as text on `GET /metrics` when `[metrics] listen` names a loopback
-//! address; off by default.
+//! each kind; the bytes snapshots read, found new and stored, and the last snapshot's dedup
+//! ratio; what maintenance removed, freed and found. Served as text on `GET /metrics` when
+//! `[metrics] listen` names a loopback address; off by default. docs/DAEMON.md defines each
+//! series.
 //!
 //! The exposition is a handful of series, so it is written by hand over a minimal HTTP/1.1
 //! responder rather than pulling in a metrics framework and an HTTP server.
@@ -31,6 +33,15 @@ struct State {
     last_success: BTreeMap<&'static str, i64>,
     running: bool,
     schedules_skipped: BTreeMap<String, u64>,
+    snapshot_read: u64,
+    snapshot_new: u64,
+    snapshot_stored: u64,
+    /// total_bytes ÷ bytes_stored of the last snapshot saved.
+    last_dedup_ratio: Option<f64>,
+    snapshots_forgotten: u64,
+    bytes_freed: u64,
+    /// Problems the last check found (repository errors and damaged snapshots).
+    last_check_problems: Option<u64>,
 }
 
 #[derive(Default)]
@@ -62,6 +73,30 @@ impl Metrics {
 
     pub fn set_running(&self, running: bool) {
         self.state.lock().unwrap().running = running;
+    }
+
+    /// A snapshot was saved (Completed or PartiallyFailed) with these statistics.
+    pub fn snapshot_saved(&self, stats: &crate::repo::snapshot::SnapshotStats) {
+        let mut s = self.state.lock().unwrap();
+        s.snapshot_read += stats.bytes_read;
+        s.snapshot_new += stats.bytes_new;
+        s.snapshot_stored += stats.bytes_stored;
+        s.last_dedup_ratio = Some(dedup_ratio(stats.total_bytes, stats.bytes_stored));
+    }
+
+    /// A maintenance removed a snapshot.
+    pub fn snapshot_forgotten(&self) {
+        self.state.lock().unwrap().snapshots_forgotten += 1;
+    }
+
+    /// A maintenance's prune deleted packs of this many bytes.
+    pub fn bytes_freed(&self, bytes: u64) {
+        self.state.lock().unwrap().bytes_freed += bytes;
+    }
+
+    /// A check ended: problems of the repository's objects, and damaged snapshots.
+    pub fn check_done(&self, problems: u64, damaged_snapshots: u64) {
+        self.state.lock().unwrap().last_check_problems = Some(problems + damaged_snapshots);
     }
 
     pub fn schedule_skipped(&self, schedule: &str) {
@@ -131,7 +166,7 @@ impl Metrics {
             u8::from(s.running)
         );
         out.push_str(
-            "# HELP hostagent_schedule_skipped_total Scheduled snapshots skipped because another operation ran.\n\
+            "# HELP hostagent_schedule_skipped_total Scheduled runs (snapshot schedules, and \"maintenance\") skipped because another operation ran.\n\
              # TYPE hostagent_schedule_skipped_total counter\n",
         );
         for (name, n) in &s.schedules_skipped {
@@ -140,7 +175,75 @@ impl Metrics {
                 "hostagent_schedule_skipped_total{{schedule=\"{name}\"}} {n}"
             );
         }
+        for (name, help, n) in [
+            (
+                "hostagent_snapshot_read_bytes_total",
+                "File content read by saved snapshots (unchanged files are not read).",
+                s.snapshot_read,
+            ),
+            (
+                "hostagent_snapshot_new_bytes_total",
+                "Plaintext bytes of the new blobs of saved snapshots (what deduplication did not find stored).",
+                s.snapshot_new,
+            ),
+            (
+                "hostagent_snapshot_stored_bytes_total",
+                "Bytes of the packs saved snapshots wrote to the repository (compressed, encrypted, with trees).",
+                s.snapshot_stored,
+            ),
+            (
+                "hostagent_maintenance_snapshots_removed_total",
+                "Snapshots maintenance removed (expired or kept by no rule).",
+                s.snapshots_forgotten,
+            ),
+            (
+                "hostagent_maintenance_freed_bytes_total",
+                "Bytes of the packs maintenance's prune deleted.",
+                s.bytes_freed,
+            ),
+        ] {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}\n"
+            );
+        }
+        if let Some(r) = s.last_dedup_ratio {
+            let _ = write!(
+                out,
+                "# HELP hostagent_last_snapshot_dedup_ratio The last saved snapshot's size (total bytes of its files) divided by the bytes it stored; +Inf when it stored nothing.\n\
+                 # TYPE hostagent_last_snapshot_dedup_ratio gauge\n\
+                 hostagent_last_snapshot_dedup_ratio {}\n",
+                prometheus_float(r)
+            );
+        }
+        if let Some(n) = s.last_check_problems {
+            let _ = write!(
+                out,
+                "# HELP hostagent_last_check_problems Problems the last maintenance check found: damaged or missing objects, unreadable and damaged snapshots (0: none).\n\
+                 # TYPE hostagent_last_check_problems gauge\n\
+                 hostagent_last_check_problems {n}\n"
+            );
+        }
         out
+    }
+}
+
+/// How many bytes of the snapshot each byte it stored stands for: its files' total size
+/// divided by the bytes of the packs it wrote. Infinite when it wrote nothing.
+pub fn dedup_ratio(total_bytes: u64, bytes_stored: u64) -> f64 {
+    if bytes_stored == 0 {
+        f64::INFINITY
+    } else {
+        total_bytes as f64 / bytes_stored as f64
+    }
+}
+
+/// A float in the exposition format ("+Inf" for infinity).
+fn prometheus_float(v: f64) -> String {
+    if v.is_infinite() && v > 0.0 {
+        "+Inf".to_string()
+    } else {
+        format!("{v}")
     }
 }
 
@@ -195,5 +298,48 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Me
             let _ = conn.write_all(resp.as_bytes()).await;
             let _ = conn.shutdown().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_ratio_is_total_over_stored_and_infinite_when_nothing_was_stored() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("hostagent_last_snapshot_dedup_ratio"));
+        let mut stats = crate::repo::snapshot::SnapshotStats {
+            total_bytes: 1000,
+            bytes_read: 600,
+            bytes_new: 300,
+            bytes_stored: 250,
+            ..Default::default()
+        };
+        m.snapshot_saved(&stats);
+        let text = m.render();
+        assert!(
+            text.contains("\nhostagent_last_snapshot_dedup_ratio 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nhostagent_snapshot_stored_bytes_total 250\n"),
+            "{text}"
+        );
+        stats.bytes_stored = 0;
+        m.snapshot_saved(&stats);
+        let text = m.render();
+        assert!(
+            text.contains("\nhostagent_last_snapshot_dedup_ratio +Inf\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nhostagent_snapshot_read_bytes_total 1200\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nhostagent_snapshot_new_bytes_total 600\n"),
+            "{text}"
+        );
     }
 }

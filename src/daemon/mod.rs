@@ -1,5 +1,5 @@
-//! agentd, the node daemon: serves the gRPC API on a Unix socket, runs snapshots and
-//! restores as long-running operations, fires schedules, and speaks to systemd.
+//! agentd, the node daemon: serves the gRPC API on a Unix socket, runs snapshots, restores
+//! and maintenance as long-running operations, fires schedules, and speaks to systemd.
 //!
 //! Layout:
 //! - [`config`]: the TOML configuration and its checks;
@@ -8,7 +8,8 @@
 //!   one mapping of failures to gRPC codes);
 //! - [`operations`] (admission, cancel, timeouts, live progress), [`record`] (persisted
 //!   records), [`jobs`] (the work of each kind), [`node_restore`] (node restores, and the
-//!   units an interrupted one left stopped, started at start), [`hooks`], [`schedule`],
+//!   units an interrupted one left stopped, started at start), [`maintenance`] (retention,
+//!   prune and check as one operation), [`hooks`], [`schedule`],
 //!   [`hints`] (inotify change hints for the next snapshot);
 //! - [`metrics`], [`systemd`] (logging, readiness, watchdog).
 //!
@@ -21,6 +22,7 @@ pub mod convert;
 pub mod hints;
 pub mod hooks;
 pub mod jobs;
+pub mod maintenance;
 pub mod metrics;
 pub mod node_restore;
 pub mod operations;

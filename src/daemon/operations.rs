@@ -204,6 +204,7 @@ impl Operations {
             hooks: Vec::new(),
             errors: Vec::new(),
             node_restore: None,
+            maintenance: None,
         };
         self.store.save(&rec)?;
         let progress = Arc::new(Progress::new());

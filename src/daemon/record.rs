@@ -87,6 +87,7 @@ pub enum FailureReason {
     Unsupported,
     Internal,
     UnitControl,
+    RepositoryBusy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,7 +145,13 @@ pub enum Request {
         #[serde(default)]
         source_host: Option<String>,
     },
-    Maintenance,
+    Maintenance {
+        /// In the order they run.
+        tasks: Vec<MaintenanceTask>,
+        dry_run: bool,
+        /// The check's share of pack data ("10%", "5GiB", "all"); None: structure only.
+        read_data: Option<String>,
+    },
     NodeRestore {
         snapshot: String,
         target: PathBuf,
@@ -161,7 +168,7 @@ impl Request {
         match self {
             Request::Snapshot { .. } => OpKind::Snapshot,
             Request::Restore { .. } => OpKind::Restore,
-            Request::Maintenance => OpKind::Maintenance,
+            Request::Maintenance { .. } => OpKind::Maintenance,
             Request::NodeRestore { .. } => OpKind::NodeRestore,
         }
     }
@@ -173,6 +180,76 @@ impl Request {
             _ => None,
         }
     }
+}
+
+/// A task of a maintenance operation; they run in this order. Written in lower case in the
+/// configuration (`tasks = ["forget", "prune"]`) and in records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaintenanceTask {
+    Forget,
+    Prune,
+    Check,
+}
+
+impl MaintenanceTask {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaintenanceTask::Forget => "forget",
+            MaintenanceTask::Prune => "prune",
+            MaintenanceTask::Check => "check",
+        }
+    }
+}
+
+/// A snapshot a maintenance's forget removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedSnapshot {
+    pub id: String,
+    pub name: String,
+    pub time: String,
+    pub hostname: String,
+    pub reason: String,
+}
+
+/// A snapshot the check found damaged: "<path>: <problem>" lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedSnapshot {
+    pub id: String,
+    pub time: String,
+    pub hostname: String,
+    pub damage: Vec<String>,
+}
+
+/// What a maintenance did, task by task (see `daemon::maintenance`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceRecord {
+    pub tasks: Vec<String>,
+    pub dry_run: bool,
+    pub steps: Vec<String>,
+    pub policy: String,
+    pub snapshots_kept: u64,
+    pub snapshots_expired: u64,
+    pub snapshots_forgotten: u64,
+    pub removed: Vec<RemovedSnapshot>,
+    pub packs_deleted: u64,
+    pub bytes_freed: u64,
+    pub packs_announced: u64,
+    pub bytes_announced: u64,
+    pub missing_blobs: u64,
+    pub prune_problems: Vec<String>,
+    pub checked: bool,
+    pub check_ok: bool,
+    pub check_packs_read: u64,
+    pub check_bytes_read: u64,
+    pub check_errors: Vec<String>,
+    pub check_warnings: Vec<String>,
+    pub damaged_snapshots: Vec<DamagedSnapshot>,
+}
+
+impl MaintenanceRecord {
+    /// Lists kept in a record are cut at this length (counts say how many there were).
+    pub const LISTED: usize = 1000;
 }
 
 /// What a node restore did, step by step (see `node_restore`).
@@ -228,6 +305,9 @@ pub struct OpRecord {
     /// Node restores only; absent from records written before node restores existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_restore: Option<NodeRestoreRecord>,
+    /// Maintenance only; absent from records of other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceRecord>,
 }
 
 pub fn now_rfc3339() -> String {

@@ -1,8 +1,9 @@
-//! Scheduled snapshots: standard five-field cron expressions ("0 2 * * *"), evaluated in
-//! UTC. A schedule that fires while another operation runs is skipped (logged and counted),
-//! not queued: the next run comes at its next time.
+//! Scheduled snapshots and maintenance: standard five-field cron expressions ("0 2 * * *"),
+//! evaluated in UTC. A schedule that fires while another operation runs is skipped (logged
+//! and counted), not queued: the next run comes at its next time.
 
 use super::Agent;
+use super::config::MAINTENANCE_SCHEDULE;
 use super::record::{Request, Trigger};
 use chrono::{DateTime, Utc};
 use croner::Cron;
@@ -25,9 +26,59 @@ pub fn next_after(expr: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
     parse_cron(expr).ok()?.find_next_occurrence(&t, false).ok()
 }
 
+/// What a schedule starts.
+#[derive(Clone)]
+enum Fires {
+    Snapshot(super::config::Schedule),
+    Maintenance,
+}
+
+/// A configured schedule: its name, its cron expression and what it starts.
+#[derive(Clone)]
+struct Entry {
+    name: String,
+    cron: String,
+    fires: Fires,
+}
+
+/// The snapshot schedules, then the maintenance schedule if one is configured.
+fn entries(config: &super::config::Config) -> Vec<Entry> {
+    let mut out: Vec<Entry> = config
+        .schedules
+        .iter()
+        .map(|s| Entry {
+            name: s.name.clone(),
+            cron: s.cron.clone(),
+            fires: Fires::Snapshot(s.clone()),
+        })
+        .collect();
+    if let Some(cron) = &config.maintenance.cron {
+        out.push(Entry {
+            name: MAINTENANCE_SCHEDULE.to_string(),
+            cron: cron.clone(),
+            fires: Fires::Maintenance,
+        });
+    }
+    out
+}
+
+/// Each schedule's name, cron expression and next time after `now` (for GetStatus).
+pub fn status(
+    config: &super::config::Config,
+    now: DateTime<Utc>,
+) -> Vec<(String, String, Option<DateTime<Utc>>)> {
+    entries(config)
+        .into_iter()
+        .map(|e| {
+            let next = next_after(&e.cron, now);
+            (e.name, e.cron, next)
+        })
+        .collect()
+}
+
 /// Fires the configured schedules until the task is dropped.
 pub async fn run(agent: Arc<Agent>) {
-    let schedules = agent.config.schedules.clone();
+    let schedules = entries(&agent.config);
     if schedules.is_empty() {
         return;
     }
@@ -59,24 +110,33 @@ pub async fn run(agent: Arc<Agent>) {
     }
 }
 
-fn fire(agent: &Arc<Agent>, s: &super::config::Schedule) {
-    let request = Request::Snapshot {
-        tags: vec![format!("schedule={}", s.name)],
-        ttl: s.ttl.map(|d| d.0.as_secs()),
-        full: false,
+fn fire(agent: &Arc<Agent>, s: &Entry) {
+    let (request, what) = match &s.fires {
+        Fires::Snapshot(sched) => (
+            Request::Snapshot {
+                tags: vec![format!("schedule={}", sched.name)],
+                ttl: sched.ttl.map(|d| d.0.as_secs()),
+                full: false,
+            },
+            "snapshot",
+        ),
+        Fires::Maintenance => (
+            super::maintenance::configured_request(&agent.config.maintenance),
+            "maintenance",
+        ),
     };
     match agent
         .ops
         .begin(request, None, Trigger::Scheduled, Some(s.name.clone()))
     {
         Ok((rec, Some(progress))) => {
-            tracing::info!(schedule = %s.name, operation_id = %rec.id, "scheduled snapshot started");
+            tracing::info!(schedule = %s.name, operation_id = %rec.id, "scheduled {what} started");
             super::jobs::spawn(agent.clone(), rec, progress);
         }
         Ok((_, None)) => {}
         Err(e) => {
             agent.metrics.schedule_skipped(&s.name);
-            tracing::warn!(schedule = %s.name, error = %e, "scheduled snapshot skipped");
+            tracing::warn!(schedule = %s.name, error = %e, "scheduled {what} skipped");
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::Agent;
 use super::convert;
-use super::record::{FailureReason, Request, Trigger, is_valid_id};
+use super::record::{FailureReason, MaintenanceTask, Request, Trigger, is_valid_id};
 use super::status_map::{ApiError, invalid};
 use crate::api;
 use crate::api::agent_server::Agent as AgentApi;
@@ -146,6 +146,62 @@ fn node_restore_request(r: api::StartNodeRestoreRequest) -> Result<Request, ApiE
     })
 }
 
+/// A maintenance's fields, checked and completed from `[maintenance]`: no tasks means the
+/// configured ones, no data share the configured one.
+fn maintenance_request(
+    cfg: &super::config::MaintenanceConfig,
+    r: api::StartMaintenanceRequest,
+) -> Result<Request, ApiError> {
+    let mut tasks = Vec::new();
+    for t in &r.tasks {
+        let task = match api::MaintenanceTask::try_from(*t) {
+            Ok(api::MaintenanceTask::Forget) => MaintenanceTask::Forget,
+            Ok(api::MaintenanceTask::Prune) => MaintenanceTask::Prune,
+            Ok(api::MaintenanceTask::Check) => MaintenanceTask::Check,
+            _ => {
+                return Err(invalid(
+                    "tasks",
+                    format!(
+                        "{t} is not a maintenance task: use MAINTENANCE_TASK_FORGET (1), \
+                         MAINTENANCE_TASK_PRUNE (2) or MAINTENANCE_TASK_CHECK (3)"
+                    ),
+                ));
+            }
+        };
+        if !tasks.contains(&task) {
+            tasks.push(task);
+        }
+    }
+    if tasks.is_empty() {
+        tasks = cfg.tasks.clone();
+    }
+    // Whatever the order asked for, they run as forget, prune, check.
+    tasks.sort();
+    let checks = tasks.contains(&MaintenanceTask::Check);
+    let read_data = if r.check_read_data_subset.is_empty() {
+        if checks {
+            super::maintenance::normalized_subset(cfg.check_read_data_subset.as_deref())
+        } else {
+            None
+        }
+    } else {
+        let subset = super::config::parse_read_data_subset(&r.check_read_data_subset)
+            .map_err(|p| invalid("check_read_data_subset", p))?;
+        if subset.is_some() && !checks {
+            return Err(invalid(
+                "check_read_data_subset",
+                "the tasks include no check: add MAINTENANCE_TASK_CHECK or leave it empty",
+            ));
+        }
+        super::maintenance::normalized_subset(Some(&r.check_read_data_subset))
+    };
+    Ok(Request::Maintenance {
+        tasks,
+        dry_run: r.dry_run,
+        read_data,
+    })
+}
+
 impl Service {
     async fn blocking<T: Send + 'static>(
         &self,
@@ -248,8 +304,10 @@ impl AgentApi for Service {
         &self,
         req: Req<api::StartMaintenanceRequest>,
     ) -> ApiResult<api::Operation> {
-        check_request_id(&req.get_ref().request_id)?;
-        Err(ApiError::NotAvailable("maintenance").into())
+        let r = req.into_inner();
+        let request_id = check_request_id(&r.request_id)?;
+        let request = maintenance_request(&self.agent.config.maintenance, r)?;
+        Ok(Response::new(self.start(request, request_id)?))
     }
 
     async fn get_operation(&self, req: Req<api::GetOperationRequest>) -> ApiResult<api::Operation> {
@@ -436,14 +494,12 @@ impl AgentApi for Service {
                 })
                 .collect(),
             running: a.ops.running().as_ref().map(convert::operation),
-            schedules: a
-                .config
-                .schedules
-                .iter()
-                .map(|s| api::ScheduleStatus {
-                    name: s.name.clone(),
-                    cron: s.cron.clone(),
-                    next: super::schedule::next_after(&s.cron, now)
+            schedules: super::schedule::status(&a.config, now)
+                .into_iter()
+                .map(|(name, cron, next)| api::ScheduleStatus {
+                    name,
+                    cron,
+                    next: next
                         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                         .unwrap_or_default(),
                 })
@@ -489,6 +545,51 @@ mod tests {
         let mut r = req("/var/onprem");
         r.snapshot = String::new();
         assert_eq!(field_of(r), "snapshot");
+    }
+
+    #[test]
+    fn maintenance_requests_take_the_configured_defaults_and_run_in_order() {
+        use super::super::config::MaintenanceConfig;
+        let mut cfg = MaintenanceConfig {
+            check_read_data_subset: Some("5%".into()),
+            ..Default::default()
+        };
+        let req = |tasks: &[api::MaintenanceTask], subset: &str| api::StartMaintenanceRequest {
+            tasks: tasks.iter().map(|t| *t as i32).collect(),
+            check_read_data_subset: subset.into(),
+            ..Default::default()
+        };
+        let got = |cfg: &MaintenanceConfig, r| match maintenance_request(cfg, r) {
+            Ok(Request::Maintenance {
+                tasks, read_data, ..
+            }) => (tasks, read_data),
+            other => panic!("{other:?}"),
+        };
+        use MaintenanceTask::{Check, Forget, Prune};
+        // No tasks: the configured ones; no check among them, so no data share.
+        assert_eq!(got(&cfg, req(&[], "")), (vec![Forget, Prune], None));
+        cfg.tasks = vec![Check, Forget];
+        assert_eq!(
+            got(&cfg, req(&[], "")),
+            (vec![Forget, Check], Some("5%".into()))
+        );
+        use api::MaintenanceTask as T;
+        assert_eq!(
+            got(&cfg, req(&[T::Check, T::Prune, T::Check], "all")),
+            (vec![Prune, Check], Some("all".into()))
+        );
+        assert_eq!(got(&cfg, req(&[T::Check], "none")), (vec![Check], None));
+        assert_eq!(got(&cfg, req(&[T::Prune], "none")), (vec![Prune], None));
+        for (r, field) in [
+            (req(&[T::Unspecified], ""), "tasks"),
+            (req(&[T::Check], "most"), "check_read_data_subset"),
+            (req(&[T::Forget], "10%"), "check_read_data_subset"),
+        ] {
+            match maintenance_request(&cfg, r) {
+                Err(ApiError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

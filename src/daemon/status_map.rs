@@ -29,8 +29,6 @@ pub enum ApiError {
         problem: String,
     },
     PermissionDenied(String),
-    /// The operation kind is not part of this build.
-    NotAvailable(&'static str),
     /// The agent is shutting down.
     Stopping,
 }
@@ -64,7 +62,6 @@ impl std::fmt::Display for ApiError {
             ),
             ApiError::Invalid { field, problem } => write!(f, "{field}: {problem}"),
             ApiError::PermissionDenied(m) => f.write_str(m),
-            ApiError::NotAvailable(what) => write!(f, "{what} is not available in this build"),
             ApiError::Stopping => f.write_str("agentd is shutting down; try again once it is back"),
         }
     }
@@ -90,7 +87,7 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let code = match &e {
             ApiError::Engine(err) => engine_code(err.kind()),
-            ApiError::Busy { .. } | ApiError::NotAvailable(_) => Code::FailedPrecondition,
+            ApiError::Busy { .. } => Code::FailedPrecondition,
             ApiError::UnknownOperation(_) => Code::NotFound,
             ApiError::Invalid { .. } => Code::InvalidArgument,
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
@@ -114,6 +111,15 @@ pub fn failure_reason(err: &Error) -> FailureReason {
         Kind::Io => FailureReason::LocalIo,
         Kind::Cancelled => FailureReason::CanceledByUser,
         Kind::Unit => FailureReason::UnitControl,
+    }
+}
+
+/// The failure reason of a maintenance task that failed with `err`. A maintenance lock held
+/// by another prune or repair is the one error of that kind a maintenance meets.
+pub fn maintenance_failure_reason(err: &Error) -> FailureReason {
+    match err.kind() {
+        Kind::AlreadyExists => FailureReason::RepositoryBusy,
+        _ => failure_reason(err),
     }
 }
 
@@ -156,5 +162,23 @@ mod tests {
         }
         let s = Status::from(invalid("target", "must be absolute"));
         assert_eq!(s.message(), "target: must be absolute");
+    }
+
+    #[test]
+    fn a_maintenance_lock_held_elsewhere_is_repository_busy() {
+        let held = Error::new(Kind::AlreadyExists, "another maintenance holds it");
+        assert_eq!(
+            maintenance_failure_reason(&held),
+            FailureReason::RepositoryBusy
+        );
+        let down = Error::new(Kind::Unavailable, "s3 down");
+        assert_eq!(
+            maintenance_failure_reason(&down),
+            FailureReason::StorageUnavailable
+        );
+        assert_eq!(
+            maintenance_failure_reason(&Error::corrupt("bad pack")),
+            FailureReason::RepositoryCorrupt
+        );
     }
 }

@@ -445,12 +445,45 @@ async fn unknown_ids_and_malformed_fields_get_precise_codes() {
         .unwrap_err();
     assert!(e.message().starts_with("tags:"), "{}", e.message());
     let e = c
-        .start_maintenance(api::StartMaintenanceRequest::default())
+        .start_maintenance(api::StartMaintenanceRequest {
+            tasks: vec![api::MaintenanceTask::Prune as i32, 7],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
-        e.message().contains("not available in this build"),
+        e.message()
+            .starts_with("tasks: 7 is not a maintenance task"),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .start_maintenance(api::StartMaintenanceRequest {
+            tasks: vec![api::MaintenanceTask::Check as i32],
+            check_read_data_subset: "lots".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("check_read_data_subset:"),
+        "{}",
+        e.message()
+    );
+    // A data share for a check that is not asked for is a mistake, said as such.
+    let e = c
+        .start_maintenance(api::StartMaintenanceRequest {
+            tasks: vec![api::MaintenanceTask::Prune as i32],
+            check_read_data_subset: "10%".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("the tasks include no check"),
         "{}",
         e.message()
     );

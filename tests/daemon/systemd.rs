@@ -10,37 +10,134 @@ async fn metrics_are_served_on_loopback() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let node = Node::new(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let node = Node::new(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[maintenance]\nkeep_last = 1\n"
+    ));
+    // The first snapshot has a big file of its own, which the second no longer has.
+    std::fs::write(node.data.join("gone.bin"), pseudo_random(2 << 20, 9)).unwrap();
+    let read_first: u64 = tree_contents(&node.data)
+        .values()
+        .map(|v| v.len() as u64)
+        .sum();
     let _d = node.start();
     let mut c = node.client().await;
+    let text = http_get(port, "/metrics");
+    // Counters are there from the start, at zero.
+    for zero in [
+        "hostagent_snapshot_read_bytes_total 0\n",
+        "hostagent_maintenance_freed_bytes_total 0\n",
+    ] {
+        assert!(text.contains(zero), "{zero}\n{text}");
+    }
+    assert!(
+        !text.contains("hostagent_last_snapshot_dedup_ratio"),
+        "{text}"
+    );
+    let mut snaps = Vec::new();
+    for _ in 0..2 {
+        let op = c
+            .start_snapshot(snapshot_req(""))
+            .await
+            .unwrap()
+            .into_inner();
+        let done = wait_for(&mut c, &op.id, 120, is_terminal).await;
+        assert_eq!(phase(&done), api::Phase::Completed, "{done:#?}");
+        let stats = c
+            .describe_snapshot(api::DescribeSnapshotRequest {
+                snapshot: done.snapshot_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+        snaps.push((done, stats));
+        std::fs::remove_file(node.data.join("gone.bin")).ok();
+    }
+    let (first, s1) = &snaps[0];
+    let (_, s2) = &snaps[1];
+    let text = http_get(port, "/metrics");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("hostagent_operations_total{kind=\"snapshot\",result=\"Completed\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        "hostagent_operation_bytes_total{{kind=\"snapshot\"}} {}",
+        first.progress.clone().unwrap().bytes_done
+            + snaps[1].0.progress.clone().unwrap().bytes_done
+    )));
+    assert!(text.contains("hostagent_last_success_timestamp_seconds{kind=\"snapshot\"}"));
+    assert!(text.contains("hostagent_operation_duration_seconds_count{kind=\"snapshot\"} 2"));
+    // Read: every file of the first snapshot, nothing of the second (nothing changed but
+    // a removal). New and stored: what each snapshot says it added.
+    assert_eq!(s1.bytes_read, read_first);
+    assert_eq!(s2.bytes_read, 0);
+    assert_eq!(
+        metric(&text, "hostagent_snapshot_read_bytes_total"),
+        read_first as f64
+    );
+    assert_eq!(
+        metric(&text, "hostagent_snapshot_new_bytes_total"),
+        (s1.bytes_new + s2.bytes_new) as f64
+    );
+    assert!(s1.bytes_new >= 2 << 20, "{s1:?}");
+    assert_eq!(
+        metric(&text, "hostagent_snapshot_stored_bytes_total"),
+        (s1.bytes_stored + s2.bytes_stored) as f64
+    );
+    // The dedup ratio of the last snapshot: its files' total size over what it stored
+    // (only its new trees), far above 1.
+    assert!(
+        s2.bytes_stored > 0 && s2.total_bytes > 10 * s2.bytes_stored,
+        "{s2:?}"
+    );
+    let ratio = metric(&text, "hostagent_last_snapshot_dedup_ratio");
+    let want = s2.total_bytes as f64 / s2.bytes_stored as f64;
+    assert!((ratio - want).abs() < 1e-9 * want, "{ratio} vs {want}");
+
+    // A maintenance: the first snapshot goes (keep_last = 1), the prune frees gone.bin's
+    // pack, the check finds nothing.
+    let before = chrono::Utc::now().timestamp();
     let op = c
-        .start_snapshot(snapshot_req(""))
+        .start_maintenance(api::StartMaintenanceRequest {
+            tasks: vec![
+                api::MaintenanceTask::Forget as i32,
+                api::MaintenanceTask::Prune as i32,
+                api::MaintenanceTask::Check as i32,
+            ],
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     let done = wait_for(&mut c, &op.id, 120, is_terminal).await;
-    let bytes = done.progress.unwrap().bytes_done;
+    assert_eq!(phase(&done), api::Phase::Completed, "{done:#?}");
+    let m = done.maintenance.unwrap();
+    assert_eq!(m.removed.len(), 1);
+    assert!(m.bytes_freed >= 2 << 20, "{m:#?}");
     let text = http_get(port, "/metrics");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(
-        text.contains("hostagent_operations_total{kind=\"snapshot\",result=\"Completed\"} 1"),
-        "{text}"
+    for want in [
+        "hostagent_operations_total{kind=\"maintenance\",result=\"Completed\"} 1\n".to_string(),
+        "hostagent_maintenance_snapshots_removed_total 1\n".to_string(),
+        format!(
+            "hostagent_maintenance_freed_bytes_total {}\n",
+            m.bytes_freed
+        ),
+        "hostagent_last_check_problems 0\n".to_string(),
+        "hostagent_operation_duration_seconds_count{kind=\"maintenance\"} 1\n".to_string(),
+    ] {
+        assert!(text.contains(&want), "{want}\n{text}");
+    }
+    let last = metric(
+        &text,
+        "hostagent_last_success_timestamp_seconds{kind=\"maintenance\"}",
     );
-    assert!(text.contains(&format!(
-        "hostagent_operation_bytes_total{{kind=\"snapshot\"}} {bytes}"
-    )));
-    assert!(text.contains("hostagent_last_success_timestamp_seconds{kind=\"snapshot\"}"));
-    assert!(text.contains("hostagent_operation_duration_seconds_count{kind=\"snapshot\"} 1"));
+    assert!(
+        last >= before as f64 && last <= chrono::Utc::now().timestamp() as f64,
+        "{last}"
+    );
     assert!(http_get(port, "/other").starts_with("HTTP/1.1 404"));
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
