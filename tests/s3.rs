@@ -208,8 +208,9 @@ fn snapshot_and_restore_are_byte_identical_and_the_cache_saves_downloads() {
     );
     assert_index_packs_exist(&Repository::open(store.clone(), PASSWORD).unwrap());
 
-    // A later run: another handle, same cache. Index and snapshot come from the cache, and
-    // an unchanged tree uploads nothing but a manifest.
+    // A later run: another handle, same cache. Index, snapshot and the parent's trees come
+    // from the cache, filled as the first run wrote them: not one pack is downloaded. An
+    // unchanged tree uploads nothing but a manifest.
     counting.reset();
     let repo = Repository::open(store.clone(), PASSWORD).unwrap();
     std::fs::write(src.join("etc/hostname"), b"renamed\n").unwrap();
@@ -217,12 +218,24 @@ fn snapshot_and_restore_are_byte_identical_and_the_cache_saves_downloads() {
     let c = counting.counters();
     assert_eq!(c.gets.get("index"), None, "{c:?}");
     assert_eq!(c.gets.get("snapshots"), None, "{c:?}");
+    assert_eq!(c.gets.get("packs"), None, "{c:?}");
     assert_eq!(
         second.snapshot.stats.files_unmodified, 23,
         "{:?}",
         second.snapshot.stats
     );
     assert!(c.put_bytes_under("packs") < 100_000, "{c:?}");
+
+    // Without the cache, the same run downloads the parent's trees and finds the same.
+    std::fs::remove_dir_all(&cache).unwrap();
+    counting.reset();
+    let repo = Repository::open(store.clone(), PASSWORD).unwrap();
+    let third = backup_of(&repo, &src, "node-a").unwrap();
+    let c = counting.counters();
+    assert!(c.gets.get("packs").is_some_and(|&n| n >= 4), "{c:?}");
+    let stats = &third.snapshot.stats;
+    assert_eq!(stats.files_unmodified, 24, "{stats:?}");
+    assert_eq!(stats.data_blobs_new, 0, "{stats:?}");
 
     // Restoring from a fresh handle without the cache gives back the same bytes.
     let plain: Arc<dyn ObjectStore> = Arc::new(server.store(&prefix));
