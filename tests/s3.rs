@@ -7,6 +7,7 @@
 mod garage;
 
 use hostagent::backup::{self, BackupOptions};
+use hostagent::maintenance::check::{CheckOptions, CheckReport, DataSubset, check};
 use hostagent::repo::{InitOptions, KdfParams, Repository};
 use hostagent::restore::{self, RestoreOptions};
 use hostagent::store::{
@@ -133,6 +134,38 @@ fn assert_index_packs_exist(repo: &Repository) {
             "index names {key}, which is not stored"
         );
     }
+}
+
+/// The structural check and a read of every pack.
+fn check_all(repo: &mut Repository) -> CheckReport {
+    check(
+        repo,
+        &CheckOptions {
+            read_data: Some(DataSubset::Fraction(1.0)),
+            state_dir: None,
+        },
+    )
+    .unwrap()
+}
+
+/// Asserts that the check finds nothing wrong, and returns its report.
+fn assert_check_clean(repo: &mut Repository) -> CheckReport {
+    let r = check_all(repo);
+    assert!(
+        r.is_ok(),
+        "check: errors {:?}, unreadable {:?}, damaged {:?}",
+        r.errors,
+        r.unreadable_snapshots,
+        r.damaged_snapshots
+    );
+    // Every indexed pack was read; the others are only in no index (garbage, not damage).
+    let unindexed = r
+        .warnings
+        .iter()
+        .filter(|w| w.contains("is in no index"))
+        .count();
+    assert!(r.packs > 0 && r.packs_read + unindexed == r.packs, "{r:?}");
+    r
 }
 
 fn backup_of(repo: &Repository, src: &Path, host: &str) -> hostagent::Result<backup::BackupReport> {
@@ -276,10 +309,13 @@ fn four_concurrent_writers_share_one_repository() {
         }
     });
 
-    let repo = Repository::open(Arc::new(server.store(&prefix)), PASSWORD).unwrap();
+    let mut repo = Repository::open(Arc::new(server.store(&prefix)), PASSWORD).unwrap();
     let snaps = repo.list_snapshots().unwrap();
     assert_eq!(snaps.len(), 4);
     assert_index_packs_exist(&repo);
+    let report = assert_check_clean(&mut repo);
+    assert_eq!(report.snapshots, 4, "{report:?}");
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     for (i, src) in sources.iter().enumerate() {
         let target = tmp.path().join(format!("restored-{i}"));
         let report = restore_latest_of(&repo, &format!("node-{i}"), &target);
@@ -297,6 +333,14 @@ fn four_concurrent_writers_share_one_repository() {
         "{:?}",
         report.snapshot.stats
     );
+    let target = tmp.path().join("restored-4");
+    let report = restore_latest_of(&repo, "node-4", &target);
+    assert_eq!(report.error_count, 0, "{:?}", report.errors);
+    assert!(
+        std::fs::read(restored_at(&target, &fifth).join("shared")).unwrap() == shared_data,
+        "the fifth node's file differs"
+    );
+    assert_eq!(assert_check_clean(&mut repo).snapshots, 5);
 }
 
 /// Passes requests through until the `after`-th pack upload, which kills the server first.
@@ -385,7 +429,7 @@ fn server_killed_mid_snapshot_leaves_a_valid_repository_and_work_is_reused() {
         server.store("killed"),
         RetryPolicy::default(),
     )));
-    let repo = Repository::open(Arc::new(counting.clone()), PASSWORD).unwrap();
+    let mut repo = Repository::open(Arc::new(counting.clone()), PASSWORD).unwrap();
     assert!(repo.list_snapshots().unwrap().is_empty());
     assert_index_packs_exist(&repo);
     let indexed = repo.index().packs().len();
@@ -393,6 +437,14 @@ fn server_killed_mid_snapshot_leaves_a_valid_repository_and_work_is_reused() {
         indexed >= 16,
         "checkpointed index files list {indexed} packs"
     );
+    // The check finds the repository valid: every indexed pack is present and intact. Packs
+    // uploaded after the last checkpoint are in no index, which is garbage, not damage.
+    let report = assert_check_clean(&mut repo);
+    assert_eq!(report.packs_read, indexed, "{report:?}");
+    for w in &report.warnings {
+        assert!(w.contains("is in no index"), "{w}");
+    }
+    assert_eq!(report.packs, indexed + report.warnings.len(), "{report:?}");
 
     let report = backup_of(&repo, &src, "node-k").unwrap();
     let stats = &report.snapshot.stats;
@@ -403,16 +455,17 @@ fn server_killed_mid_snapshot_leaves_a_valid_repository_and_work_is_reused() {
     );
     assert!(stats.bytes_stored < 40 << 20, "{stats:?}");
 
-    let repo = Repository::open(Arc::new(server.store("killed")), PASSWORD).unwrap();
+    let mut repo = Repository::open(Arc::new(server.store("killed")), PASSWORD).unwrap();
     assert_index_packs_exist(&repo);
     let target = tmp.path().join("restored");
     let report = restore_latest_of(&repo, "node-k", &target);
     assert_eq!(report.error_count, 0, "{:?}", report.errors);
     assert_same_tree(&src, &restored_at(&target, &src));
+    assert_eq!(assert_check_clean(&mut repo).snapshots, 1);
 }
 
 #[test]
-fn an_object_deleted_behind_our_back_is_named_by_restore() {
+fn an_object_deleted_behind_our_back_is_named_by_check_and_restore() {
     let Some(server) = garage::shared() else {
         return;
     };
@@ -452,6 +505,31 @@ fn an_object_deleted_behind_our_back_is_named_by_restore() {
         "restore errors do not name {key}: {all}"
     );
     assert!(all.contains("is missing"), "{all}");
+
+    // The check names the pack, the snapshot and the file that needs it.
+    let mut repo = Repository::open(store.clone(), PASSWORD).unwrap();
+    let report = check_all(&mut repo);
+    assert!(!report.is_ok());
+    let missing = format!("pack {} is missing", pack.short());
+    assert!(
+        report.errors.iter().any(|e| e.contains(&missing)),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(report.damaged_snapshots.len(), 1, "{report:?}");
+    let damaged = &report.damaged_snapshots[0];
+    assert_eq!(damaged.id, snap.id);
+    assert_eq!(damaged.hostname, "node-d");
+    let big_path = src.join("var/data/big").display().to_string();
+    assert!(
+        damaged
+            .damage
+            .iter()
+            .any(|d| d.path == big_path
+                && d.reason.contains(&format!("missing pack {}", pack.short()))),
+        "{:?}",
+        damaged.damage
+    );
 }
 
 fn probe_error(config: S3Config) -> String {
