@@ -532,6 +532,69 @@ fn an_object_deleted_behind_our_back_is_named_by_check_and_restore() {
     );
 }
 
+#[test]
+fn a_multipart_upload_cut_short_is_aborted_and_the_next_one_succeeds() {
+    let Some(server) = garage::shared() else {
+        return;
+    };
+    let proxy = garage::cut::CuttingProxy::start(server.addr());
+    let prefix = garage::unique_prefix("multipart");
+    let mut config = server.config(&prefix);
+    config.endpoint = if server.endpoint.starts_with("https://") {
+        // The proxy forwards bytes, so the certificate names the server, not 127.0.0.1.
+        config.insecure = true;
+        format!("https://127.0.0.1:{}", proxy.port)
+    } else {
+        format!("http://127.0.0.1:{}", proxy.port)
+    };
+    // No SDK retry: a retried part would go through, and the upload would not fail.
+    config.sdk_attempts = 1;
+    config.multipart_threshold = 5 << 20;
+    config.part_size = 5 << 20;
+    let store = S3Store::new(config).unwrap();
+    let direct = server.store(&prefix);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = noise(99, 12 << 20);
+    let file = tmp.path().join("spooled-pack");
+
+    // Control: the link dies in the second part and stays dead, so the abort cannot reach
+    // the server either, and the started upload lingers (what a lifecycle rule cleans up).
+    std::fs::write(&file, &data).unwrap();
+    proxy.cut_after_and_stay_down(7 << 20);
+    let err = store.put_file("packs/aa/aa11", &file).unwrap_err();
+    assert_eq!(proxy.cuts(), 1);
+    assert_eq!(err.kind, StoreErrorKind::Transient, "{err}");
+    proxy.up();
+    assert_eq!(direct.multipart_uploads().unwrap(), ["packs/aa/aa11"]);
+
+    // The link fails in the second part, the server stays reachable: the upload is aborted.
+    proxy.cut_after(7 << 20);
+    let err = store.put_file("packs/bb/bb22", &file).unwrap_err();
+    assert_eq!(proxy.cuts(), 2);
+    assert_eq!(err.kind, StoreErrorKind::Transient, "{err}");
+    assert!(
+        file.exists(),
+        "a failed upload keeps its file for the retry"
+    );
+    assert_eq!(
+        direct.stat("packs/bb/bb22").unwrap_err().kind,
+        StoreErrorKind::NotFound
+    );
+    assert!(direct.list("packs/").unwrap().is_empty());
+    assert_eq!(
+        direct.multipart_uploads().unwrap(),
+        ["packs/aa/aa11"],
+        "no upload left of packs/bb/bb22"
+    );
+
+    // The next upload, through the same client, stores the whole object.
+    store.put_file("packs/bb/bb22", &file).unwrap();
+    assert!(!file.exists(), "a stored file is consumed");
+    assert!(direct.get("packs/bb/bb22").unwrap() == data);
+    assert_eq!(direct.stat("packs/bb/bb22").unwrap(), 12 << 20);
+    assert_eq!(direct.multipart_uploads().unwrap(), ["packs/aa/aa11"]);
+}
+
 fn probe_error(config: S3Config) -> String {
     let mut config = config;
     config.sdk_attempts = 1;

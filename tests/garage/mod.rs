@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod cut;
 pub mod tls;
 
 use hostagent::store::{S3Config, S3Credentials, S3Location, S3Store};
@@ -221,11 +222,34 @@ impl Server {
         path
     }
 
+    /// The server's address (its endpoint's host resolved).
     pub fn addr(&self) -> SocketAddr {
-        self.endpoint
-            .trim_start_matches("http://")
-            .parse()
-            .expect("a Garage started here listens on an IP address")
+        use std::net::ToSocketAddrs;
+        let authority = self
+            .endpoint
+            .split_once("://")
+            .map_or(self.endpoint.as_str(), |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap();
+        let default_port = if self.endpoint.starts_with("https://") {
+            443
+        } else {
+            80
+        };
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:{default_port}")
+        };
+        with_port
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| panic!("cannot resolve the test endpoint {}", self.endpoint))
     }
 
     fn dir(&self) -> &Path {
