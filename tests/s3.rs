@@ -679,6 +679,9 @@ fn agentctl(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         .args(args)
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SHARED_CREDENTIALS_FILE")
         .env_remove("HOSTAGENT_REPO")
         .envs(env.iter().copied())
         .output()
@@ -802,6 +805,141 @@ fn agentctl_works_against_s3() {
     );
     assert_eq!(code, 1);
     assert!(err.contains("--s3-endpoint"), "{err}");
+}
+
+#[test]
+fn agentctl_takes_credentials_from_the_aws_variables() {
+    let Some(server) = garage::shared() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src, 6, 1);
+    let repo = format!(
+        "s3://{}/{}",
+        server.bucket,
+        garage::unique_prefix("envcreds")
+    );
+    let cache = tmp.path().join("cache");
+    // HOME without ~/.aws: the variables are the only source of keys.
+    let base = [
+        ("HOME", tmp.path().to_str().unwrap()),
+        ("HOSTAGENT_PASSWORD", "env password"),
+        ("HOSTAGENT_REPO", repo.as_str()),
+        ("HOSTAGENT_S3_ENDPOINT", server.endpoint.as_str()),
+        ("HOSTAGENT_S3_REGION", server.region.as_str()),
+        ("HOSTAGENT_S3_PATH_STYLE", "true"),
+        ("HOSTAGENT_CACHE_DIR", cache.to_str().unwrap()),
+    ];
+    let with_keys = |id: &str, secret: &str| -> Vec<(String, String)> {
+        base.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([
+                ("AWS_ACCESS_KEY_ID".to_string(), id.to_string()),
+                ("AWS_SECRET_ACCESS_KEY".to_string(), secret.to_string()),
+            ])
+            .collect()
+    };
+    let run = |args: &[&str], env: &[(String, String)]| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        agentctl(args, &env)
+    };
+    let good = with_keys(&server.access_key, &server.secret_key);
+
+    let (code, out, err) = run(&["repo", "init"], &good);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("credentials accepted"), "{out}");
+    assert!(out.contains("created repository"), "{out}");
+    let (code, out, err) = run(
+        &[
+            "-q",
+            "snapshot",
+            src.to_str().unwrap(),
+            "--host",
+            "env-node",
+        ],
+        &good,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&["snapshots"], &good);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("env-node"), "{out}");
+    let target = tmp.path().join("restored");
+    let (code, out, err) = run(
+        &[
+            "-q",
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+        ],
+        &good,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_same_tree(&src, &restored_at(&target, &src));
+
+    // A wrong secret in the variables: named as their fault, the secret never shown.
+    let (code, out, err) = run(
+        &["--no-cache", "snapshots"],
+        &with_keys(&server.access_key, "wrong-secret"),
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("bad credentials"), "{err}");
+    assert!(
+        err.contains("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("wrong-secret") && !err.contains(&server.secret_key),
+        "{err}"
+    );
+
+    // No variables, no file, no ~/.aws/credentials: says where keys may come from.
+    let none: Vec<(String, String)> = base
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (code, out, err) = run(&["snapshots"], &none);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("no S3 credentials"), "{err}");
+    assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+}
+
+/// Needs no server: the point is that there is none.
+#[test]
+fn agentctl_repo_init_with_the_server_down_names_the_refused_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let (code, out, err) = agentctl(
+        &[
+            "--repo",
+            "s3://hostagent-test/down",
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-path-style",
+            "repo",
+            "init",
+        ],
+        &[
+            ("HOME", tmp.path().to_str().unwrap()),
+            ("HOSTAGENT_PASSWORD", "x"),
+            ("AWS_ACCESS_KEY_ID", "GK0000000000000000000000"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("connection refused by {endpoint}")),
+        "{err}"
+    );
+    assert!(err.contains("is the S3 server running"), "{err}");
+    assert!(err.contains("cannot list the bucket"), "{err}");
+    assert!(!out.contains("created repository"), "{out}");
 }
 
 #[test]
