@@ -1,8 +1,10 @@
 //! The S3 store against a real server (Garage, started by tests/garage/setup.sh, or the
 //! server named by HOSTAGENT_TEST_S3_*): the store conformance suite, backup and restore
-//! through it, concurrent writers into one repository, a server killed in the middle of a
-//! snapshot, and the errors an operator meets (bad credentials, missing bucket, server down,
-//! an object deleted behind the repository's back).
+//! through it (and the cache that spares incremental backups their downloads), concurrent
+//! writers into one repository, a server killed in the middle of a snapshot, a multipart
+//! upload cut short, each followed by the structural check, and the errors an operator meets
+//! (bad credentials, missing bucket, server down, an object deleted behind the repository's
+//! back), through the library and through agentctl.
 
 mod garage;
 
