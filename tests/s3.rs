@@ -1,12 +1,15 @@
 //! The S3 store against a real server (Garage, started by tests/garage/setup.sh, or the
 //! server named by HOSTAGENT_TEST_S3_*): the store conformance suite, backup and restore
-//! through it, concurrent writers into one repository, a server killed in the middle of a
-//! snapshot, and the errors an operator meets (bad credentials, missing bucket, server down,
-//! an object deleted behind the repository's back).
+//! through it (and the cache that spares incremental backups their downloads), concurrent
+//! writers into one repository, a server killed in the middle of a snapshot, a multipart
+//! upload cut short, each followed by the structural check, and the errors an operator meets
+//! (bad credentials, missing bucket, server down, an object deleted behind the repository's
+//! back), through the library and through agentctl.
 
 mod garage;
 
 use hostagent::backup::{self, BackupOptions};
+use hostagent::maintenance::check::{CheckOptions, CheckReport, DataSubset, check};
 use hostagent::repo::{InitOptions, KdfParams, Repository};
 use hostagent::restore::{self, RestoreOptions};
 use hostagent::store::{
@@ -135,6 +138,38 @@ fn assert_index_packs_exist(repo: &Repository) {
     }
 }
 
+/// The structural check and a read of every pack.
+fn check_all(repo: &mut Repository) -> CheckReport {
+    check(
+        repo,
+        &CheckOptions {
+            read_data: Some(DataSubset::Fraction(1.0)),
+            state_dir: None,
+        },
+    )
+    .unwrap()
+}
+
+/// Asserts that the check finds nothing wrong, and returns its report.
+fn assert_check_clean(repo: &mut Repository) -> CheckReport {
+    let r = check_all(repo);
+    assert!(
+        r.is_ok(),
+        "check: errors {:?}, unreadable {:?}, damaged {:?}",
+        r.errors,
+        r.unreadable_snapshots,
+        r.damaged_snapshots
+    );
+    // Every indexed pack was read; the others are only in no index (garbage, not damage).
+    let unindexed = r
+        .warnings
+        .iter()
+        .filter(|w| w.contains("is in no index"))
+        .count();
+    assert!(r.packs > 0 && r.packs_read + unindexed == r.packs, "{r:?}");
+    r
+}
+
 fn backup_of(repo: &Repository, src: &Path, host: &str) -> hostagent::Result<backup::BackupReport> {
     let mut opts = BackupOptions::new(vec![src.to_path_buf()]);
     opts.hostname = host.to_string();
@@ -208,8 +243,9 @@ fn snapshot_and_restore_are_byte_identical_and_the_cache_saves_downloads() {
     );
     assert_index_packs_exist(&Repository::open(store.clone(), PASSWORD).unwrap());
 
-    // A later run: another handle, same cache. Index and snapshot come from the cache, and
-    // an unchanged tree uploads nothing but a manifest.
+    // A later run: another handle, same cache. Index, snapshot and the parent's trees come
+    // from the cache, filled as the first run wrote them: not one pack is downloaded. An
+    // unchanged tree uploads nothing but a manifest.
     counting.reset();
     let repo = Repository::open(store.clone(), PASSWORD).unwrap();
     std::fs::write(src.join("etc/hostname"), b"renamed\n").unwrap();
@@ -217,12 +253,24 @@ fn snapshot_and_restore_are_byte_identical_and_the_cache_saves_downloads() {
     let c = counting.counters();
     assert_eq!(c.gets.get("index"), None, "{c:?}");
     assert_eq!(c.gets.get("snapshots"), None, "{c:?}");
+    assert_eq!(c.gets.get("packs"), None, "{c:?}");
     assert_eq!(
         second.snapshot.stats.files_unmodified, 23,
         "{:?}",
         second.snapshot.stats
     );
     assert!(c.put_bytes_under("packs") < 100_000, "{c:?}");
+
+    // Without the cache, the same run downloads the parent's trees and finds the same.
+    std::fs::remove_dir_all(&cache).unwrap();
+    counting.reset();
+    let repo = Repository::open(store.clone(), PASSWORD).unwrap();
+    let third = backup_of(&repo, &src, "node-a").unwrap();
+    let c = counting.counters();
+    assert!(c.gets.get("packs").is_some_and(|&n| n >= 4), "{c:?}");
+    let stats = &third.snapshot.stats;
+    assert_eq!(stats.files_unmodified, 24, "{stats:?}");
+    assert_eq!(stats.data_blobs_new, 0, "{stats:?}");
 
     // Restoring from a fresh handle without the cache gives back the same bytes.
     let plain: Arc<dyn ObjectStore> = Arc::new(server.store(&prefix));
@@ -263,10 +311,13 @@ fn four_concurrent_writers_share_one_repository() {
         }
     });
 
-    let repo = Repository::open(Arc::new(server.store(&prefix)), PASSWORD).unwrap();
+    let mut repo = Repository::open(Arc::new(server.store(&prefix)), PASSWORD).unwrap();
     let snaps = repo.list_snapshots().unwrap();
     assert_eq!(snaps.len(), 4);
     assert_index_packs_exist(&repo);
+    let report = assert_check_clean(&mut repo);
+    assert_eq!(report.snapshots, 4, "{report:?}");
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     for (i, src) in sources.iter().enumerate() {
         let target = tmp.path().join(format!("restored-{i}"));
         let report = restore_latest_of(&repo, &format!("node-{i}"), &target);
@@ -284,6 +335,14 @@ fn four_concurrent_writers_share_one_repository() {
         "{:?}",
         report.snapshot.stats
     );
+    let target = tmp.path().join("restored-4");
+    let report = restore_latest_of(&repo, "node-4", &target);
+    assert_eq!(report.error_count, 0, "{:?}", report.errors);
+    assert!(
+        std::fs::read(restored_at(&target, &fifth).join("shared")).unwrap() == shared_data,
+        "the fifth node's file differs"
+    );
+    assert_eq!(assert_check_clean(&mut repo).snapshots, 5);
 }
 
 /// Passes requests through until the `after`-th pack upload, which kills the server first.
@@ -372,7 +431,7 @@ fn server_killed_mid_snapshot_leaves_a_valid_repository_and_work_is_reused() {
         server.store("killed"),
         RetryPolicy::default(),
     )));
-    let repo = Repository::open(Arc::new(counting.clone()), PASSWORD).unwrap();
+    let mut repo = Repository::open(Arc::new(counting.clone()), PASSWORD).unwrap();
     assert!(repo.list_snapshots().unwrap().is_empty());
     assert_index_packs_exist(&repo);
     let indexed = repo.index().packs().len();
@@ -380,6 +439,14 @@ fn server_killed_mid_snapshot_leaves_a_valid_repository_and_work_is_reused() {
         indexed >= 16,
         "checkpointed index files list {indexed} packs"
     );
+    // The check finds the repository valid: every indexed pack is present and intact. Packs
+    // uploaded after the last checkpoint are in no index, which is garbage, not damage.
+    let report = assert_check_clean(&mut repo);
+    assert_eq!(report.packs_read, indexed, "{report:?}");
+    for w in &report.warnings {
+        assert!(w.contains("is in no index"), "{w}");
+    }
+    assert_eq!(report.packs, indexed + report.warnings.len(), "{report:?}");
 
     let report = backup_of(&repo, &src, "node-k").unwrap();
     let stats = &report.snapshot.stats;
@@ -390,16 +457,17 @@ fn server_killed_mid_snapshot_leaves_a_valid_repository_and_work_is_reused() {
     );
     assert!(stats.bytes_stored < 40 << 20, "{stats:?}");
 
-    let repo = Repository::open(Arc::new(server.store("killed")), PASSWORD).unwrap();
+    let mut repo = Repository::open(Arc::new(server.store("killed")), PASSWORD).unwrap();
     assert_index_packs_exist(&repo);
     let target = tmp.path().join("restored");
     let report = restore_latest_of(&repo, "node-k", &target);
     assert_eq!(report.error_count, 0, "{:?}", report.errors);
     assert_same_tree(&src, &restored_at(&target, &src));
+    assert_eq!(assert_check_clean(&mut repo).snapshots, 1);
 }
 
 #[test]
-fn an_object_deleted_behind_our_back_is_named_by_restore() {
+fn an_object_deleted_behind_our_back_is_named_by_check_and_restore() {
     let Some(server) = garage::shared() else {
         return;
     };
@@ -439,6 +507,94 @@ fn an_object_deleted_behind_our_back_is_named_by_restore() {
         "restore errors do not name {key}: {all}"
     );
     assert!(all.contains("is missing"), "{all}");
+
+    // The check names the pack, the snapshot and the file that needs it.
+    let mut repo = Repository::open(store.clone(), PASSWORD).unwrap();
+    let report = check_all(&mut repo);
+    assert!(!report.is_ok());
+    let missing = format!("pack {} is missing", pack.short());
+    assert!(
+        report.errors.iter().any(|e| e.contains(&missing)),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(report.damaged_snapshots.len(), 1, "{report:?}");
+    let damaged = &report.damaged_snapshots[0];
+    assert_eq!(damaged.id, snap.id);
+    assert_eq!(damaged.hostname, "node-d");
+    let big_path = src.join("var/data/big").display().to_string();
+    assert!(
+        damaged
+            .damage
+            .iter()
+            .any(|d| d.path == big_path
+                && d.reason.contains(&format!("missing pack {}", pack.short()))),
+        "{:?}",
+        damaged.damage
+    );
+}
+
+#[test]
+fn a_multipart_upload_cut_short_is_aborted_and_the_next_one_succeeds() {
+    let Some(server) = garage::shared() else {
+        return;
+    };
+    let proxy = garage::cut::CuttingProxy::start(server.addr());
+    let prefix = garage::unique_prefix("multipart");
+    let mut config = server.config(&prefix);
+    config.endpoint = if server.endpoint.starts_with("https://") {
+        // The proxy forwards bytes, so the certificate names the server, not 127.0.0.1.
+        config.insecure = true;
+        format!("https://127.0.0.1:{}", proxy.port)
+    } else {
+        format!("http://127.0.0.1:{}", proxy.port)
+    };
+    // No SDK retry: a retried part would go through, and the upload would not fail.
+    config.sdk_attempts = 1;
+    config.multipart_threshold = 5 << 20;
+    config.part_size = 5 << 20;
+    let store = S3Store::new(config).unwrap();
+    let direct = server.store(&prefix);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = noise(99, 12 << 20);
+    let file = tmp.path().join("spooled-pack");
+
+    // Control: the link dies in the second part and stays dead, so the abort cannot reach
+    // the server either, and the started upload lingers (what a lifecycle rule cleans up).
+    std::fs::write(&file, &data).unwrap();
+    proxy.cut_after_and_stay_down(7 << 20);
+    let err = store.put_file("packs/aa/aa11", &file).unwrap_err();
+    assert_eq!(proxy.cuts(), 1);
+    assert_eq!(err.kind, StoreErrorKind::Transient, "{err}");
+    proxy.up();
+    assert_eq!(direct.multipart_uploads().unwrap(), ["packs/aa/aa11"]);
+
+    // The link fails in the second part, the server stays reachable: the upload is aborted.
+    proxy.cut_after(7 << 20);
+    let err = store.put_file("packs/bb/bb22", &file).unwrap_err();
+    assert_eq!(proxy.cuts(), 2);
+    assert_eq!(err.kind, StoreErrorKind::Transient, "{err}");
+    assert!(
+        file.exists(),
+        "a failed upload keeps its file for the retry"
+    );
+    assert_eq!(
+        direct.stat("packs/bb/bb22").unwrap_err().kind,
+        StoreErrorKind::NotFound
+    );
+    assert!(direct.list("packs/").unwrap().is_empty());
+    assert_eq!(
+        direct.multipart_uploads().unwrap(),
+        ["packs/aa/aa11"],
+        "no upload left of packs/bb/bb22"
+    );
+
+    // The next upload, through the same client, stores the whole object.
+    store.put_file("packs/bb/bb22", &file).unwrap();
+    assert!(!file.exists(), "a stored file is consumed");
+    assert!(direct.get("packs/bb/bb22").unwrap() == data);
+    assert_eq!(direct.stat("packs/bb/bb22").unwrap(), 12 << 20);
+    assert_eq!(direct.multipart_uploads().unwrap(), ["packs/aa/aa11"]);
 }
 
 fn probe_error(config: S3Config) -> String {
@@ -525,6 +681,9 @@ fn agentctl(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         .args(args)
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SHARED_CREDENTIALS_FILE")
         .env_remove("HOSTAGENT_REPO")
         .envs(env.iter().copied())
         .output()
@@ -650,6 +809,141 @@ fn agentctl_works_against_s3() {
     );
     assert_eq!(code, 1);
     assert!(err.contains("--s3-endpoint"), "{err}");
+}
+
+#[test]
+fn agentctl_takes_credentials_from_the_aws_variables() {
+    let Some(server) = garage::shared() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src, 6, 1);
+    let repo = format!(
+        "s3://{}/{}",
+        server.bucket,
+        garage::unique_prefix("envcreds")
+    );
+    let cache = tmp.path().join("cache");
+    // HOME without ~/.aws: the variables are the only source of keys.
+    let base = [
+        ("HOME", tmp.path().to_str().unwrap()),
+        ("HOSTAGENT_PASSWORD", "env password"),
+        ("HOSTAGENT_REPO", repo.as_str()),
+        ("HOSTAGENT_S3_ENDPOINT", server.endpoint.as_str()),
+        ("HOSTAGENT_S3_REGION", server.region.as_str()),
+        ("HOSTAGENT_S3_PATH_STYLE", "true"),
+        ("HOSTAGENT_CACHE_DIR", cache.to_str().unwrap()),
+    ];
+    let with_keys = |id: &str, secret: &str| -> Vec<(String, String)> {
+        base.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([
+                ("AWS_ACCESS_KEY_ID".to_string(), id.to_string()),
+                ("AWS_SECRET_ACCESS_KEY".to_string(), secret.to_string()),
+            ])
+            .collect()
+    };
+    let run = |args: &[&str], env: &[(String, String)]| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        agentctl(args, &env)
+    };
+    let good = with_keys(&server.access_key, &server.secret_key);
+
+    let (code, out, err) = run(&["repo", "init"], &good);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("credentials accepted"), "{out}");
+    assert!(out.contains("created repository"), "{out}");
+    let (code, out, err) = run(
+        &[
+            "-q",
+            "snapshot",
+            src.to_str().unwrap(),
+            "--host",
+            "env-node",
+        ],
+        &good,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&["snapshots"], &good);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("env-node"), "{out}");
+    let target = tmp.path().join("restored");
+    let (code, out, err) = run(
+        &[
+            "-q",
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+        ],
+        &good,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_same_tree(&src, &restored_at(&target, &src));
+
+    // A wrong secret in the variables: named as their fault, the secret never shown.
+    let (code, out, err) = run(
+        &["--no-cache", "snapshots"],
+        &with_keys(&server.access_key, "wrong-secret"),
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("bad credentials"), "{err}");
+    assert!(
+        err.contains("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("wrong-secret") && !err.contains(&server.secret_key),
+        "{err}"
+    );
+
+    // No variables, no file, no ~/.aws/credentials: says where keys may come from.
+    let none: Vec<(String, String)> = base
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (code, out, err) = run(&["snapshots"], &none);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("no S3 credentials"), "{err}");
+    assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+}
+
+/// Needs no server: the point is that there is none.
+#[test]
+fn agentctl_repo_init_with_the_server_down_names_the_refused_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let (code, out, err) = agentctl(
+        &[
+            "--repo",
+            "s3://hostagent-test/down",
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-path-style",
+            "repo",
+            "init",
+        ],
+        &[
+            ("HOME", tmp.path().to_str().unwrap()),
+            ("HOSTAGENT_PASSWORD", "x"),
+            ("AWS_ACCESS_KEY_ID", "GK0000000000000000000000"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("connection refused by {endpoint}")),
+        "{err}"
+    );
+    assert!(err.contains("is the S3 server running"), "{err}");
+    assert!(err.contains("cannot list the bucket"), "{err}");
+    assert!(!out.contains("created repository"), "{out}");
 }
 
 #[test]

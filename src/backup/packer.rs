@@ -7,7 +7,7 @@
 
 use super::{Shared, bump};
 use crate::repo::Id;
-use crate::repo::pack::{BlobEncoder, BlobKind, PackRecord, PackWriter, pack_key};
+use crate::repo::pack::{BlobEncoder, BlobKind, PackRecord, PackWriter};
 use crossbeam_channel::{Receiver, Sender};
 use std::path::PathBuf;
 
@@ -142,12 +142,9 @@ fn upload_each(shared: &Shared<'_>, packs: Receiver<FinishedPack>, lists: &PackL
             continue;
         }
         let size = pack.record.size;
-        if let Err(e) = repo
-            .store()
-            .put_file(&pack_key(&pack.record.id), &pack.path)
-        {
+        if let Err(e) = repo.put_pack(&pack.record, &pack.path) {
             let _ = std::fs::remove_file(&pack.path);
-            shared.fail(crate::error::Error::from(e).context("cannot upload a pack"));
+            shared.fail(e);
             continue;
         }
         bump(&shared.stats.bytes_stored, size);

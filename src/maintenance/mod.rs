@@ -229,10 +229,7 @@ impl<'r> BlobSink<'r> {
 
     fn upload(&mut self, w: PackWriter) -> Result<()> {
         let (rec, path) = w.finish(self.repo.keys())?;
-        self.repo
-            .store()
-            .put_file(&pack_key(&rec.id), &path)
-            .map_err(|e| Error::from(e).context("cannot upload a pack"))?;
+        self.repo.put_pack(&rec, &path)?;
         self.done.push(rec);
         Ok(())
     }

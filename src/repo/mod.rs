@@ -364,6 +364,23 @@ impl Repository {
         Tree::decode(&bytes).map_err(|e| e.context(format!("tree {}", id.short())))
     }
 
+    /// Uploads a finished pack from its spool file (consumed). The blobs of a tree pack are
+    /// offered to a caching store: this host reads them again as the next backup's parent.
+    pub fn put_pack(&self, rec: &PackRecord, path: &std::path::Path) -> Result<()> {
+        let key = pack::pack_key(&rec.id);
+        let stored = if rec.kind == BlobKind::Tree {
+            let ranges: Vec<(u64, u64)> = rec
+                .blobs
+                .iter()
+                .map(|b| (b.offset as u64, b.stored_len as u64))
+                .collect();
+            self.store.put_file_cacheable(&key, path, &ranges)
+        } else {
+            self.store.put_file(&key, path)
+        };
+        stored.map_err(|e| Error::from(e).context("cannot upload a pack"))
+    }
+
     /// Writes an index file listing `packs`.
     pub fn write_index(&self, packs: &[PackRecord]) -> Result<Id> {
         let (id, bytes) = index::encode_file(&self.keys, packs);

@@ -1,6 +1,9 @@
 //! A local cache of the objects the engine reads on every run: index files, snapshot
 //! manifests, and ranged reads of tree blobs. With it, listing snapshots or starting an
-//! incremental backup of an S3 repository downloads only what is new.
+//! incremental backup of an S3 repository downloads only what is new. What this host
+//! writes is kept as it is written (index files and manifests whole, the tree blobs of tree
+//! packs as the ranges later reads ask for), so the host's next backup downloads nothing it
+//! wrote itself.
 //!
 //! Everything cached is immutable (named by its content), so a cached copy never goes
 //! stale; objects deleted from the store (by pruning) are dropped from the cache when their
@@ -82,21 +85,74 @@ impl<S: ObjectStore> CacheStore<S> {
     }
 
     fn write(&self, path: &Path, data: &[u8]) {
-        let _ = (|| -> std::io::Result<()> {
-            let tmp_dir = self.dir.join(TMP_DIR);
-            let mut builder = fs::DirBuilder::new();
-            builder.recursive(true).mode(0o700);
-            builder.create(&tmp_dir)?;
-            builder.create(path.parent().expect("cache paths have a parent"))?;
-            let tmp = tmp_dir.join(hex::encode(crate::repo::crypto::random_bytes::<8>()));
+        if let Some(tmp) = self.stage(data) {
+            self.commit(&tmp, path);
+        }
+    }
+
+    /// Writes an entry (hash, then bytes) to a temporary file of the cache; None on failure.
+    fn stage(&self, data: &[u8]) -> Option<PathBuf> {
+        let tmp_dir = self.dir.join(TMP_DIR);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&tmp_dir)
+            .ok()?;
+        let tmp = tmp_dir.join(hex::encode(crate::repo::crypto::random_bytes::<8>()));
+        let written = (|| -> std::io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(blake3::hash(data).as_bytes())?;
-            f.write_all(data)?;
-            drop(f);
-            fs::rename(&tmp, path).inspect_err(|_| {
-                let _ = fs::remove_file(&tmp);
-            })
+            f.write_all(data)
         })();
+        match written {
+            Ok(()) => Some(tmp),
+            Err(_) => {
+                let _ = fs::remove_file(&tmp);
+                None
+            }
+        }
+    }
+
+    /// Moves a staged entry into place (atomically: readers see all of it or none).
+    fn commit(&self, tmp: &Path, path: &Path) {
+        let parent = path.parent().expect("cache paths have a parent");
+        let moved = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .and_then(|_| fs::rename(tmp, path));
+        if moved.is_err() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+
+    /// Copies `ranges` of the file at `path` into staged entries, before the store may
+    /// consume the file. Ranges that cannot be read are left out: the cache is optional.
+    fn stage_ranges(
+        &self,
+        key: &str,
+        path: &Path,
+        ranges: &[(u64, u64)],
+    ) -> Vec<(PathBuf, PathBuf)> {
+        use std::os::unix::fs::FileExt;
+        let Ok(file) = fs::File::open(path) else {
+            return Vec::new();
+        };
+        let mut staged = Vec::new();
+        let mut buf = Vec::new();
+        for &(offset, len) in ranges {
+            let Some(dest) = self.range_path(key, offset, len) else {
+                break;
+            };
+            buf.resize(len as usize, 0);
+            if file.read_exact_at(&mut buf, offset).is_err() {
+                continue;
+            }
+            if let Some(tmp) = self.stage(&buf) {
+                staged.push((tmp, dest));
+            }
+        }
+        staged
     }
 
     /// Drops cached objects under `prefix` that the store no longer lists: whole objects,
@@ -196,6 +252,23 @@ impl<S: ObjectStore> ObjectStore for CacheStore<S> {
         self.inner.put_file(key, path)
     }
 
+    /// Keeps the ranges the engine will read again (the tree blobs of a tree pack it just
+    /// wrote), so that the next incremental backup finds the trees here instead of
+    /// downloading them. They are staged before the upload (the store may move the file) and
+    /// put in place only once the store holds the object.
+    fn put_file_cacheable(&self, key: &str, path: &Path, ranges: &[(u64, u64)]) -> StoreResult<()> {
+        let staged = self.stage_ranges(key, path, ranges);
+        let stored = self.inner.put_file_cacheable(key, path, ranges);
+        for (tmp, dest) in staged {
+            if stored.is_ok() {
+                self.commit(&tmp, &dest);
+            } else {
+                let _ = fs::remove_file(&tmp);
+            }
+        }
+        stored
+    }
+
     fn stat(&self, key: &str) -> StoreResult<u64> {
         self.inner.stat(key)
     }
@@ -231,6 +304,7 @@ impl<S: ObjectStore> ObjectStore for CacheStore<S> {
 mod tests {
     use super::*;
     use crate::store::{CountingStore, MemoryStore};
+    use std::sync::Arc;
 
     #[test]
     fn second_reads_come_from_the_cache_and_damage_is_refetched() {
@@ -285,6 +359,49 @@ mod tests {
         counting.inner().delete("packs/ab/ab99").unwrap();
         store.list("packs/").unwrap();
         assert_eq!(ranges(), 0, "ranges of a deleted pack are dropped");
+    }
+
+    #[test]
+    fn ranges_of_a_stored_file_are_kept_and_a_failed_upload_keeps_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let counting = CountingStore::new(MemoryStore::new());
+        let store = CacheStore::new(counting.clone(), dir.path());
+        let spool = dir.path().join("spool");
+        fs::write(&spool, b"0123456789abcdef").unwrap();
+        store
+            .put_file_cacheable("packs/ab/ab77", &spool, &[(0, 4), (10, 6)])
+            .unwrap();
+        counting.reset();
+        assert_eq!(
+            store.get_range_cacheable("packs/ab/ab77", 0, 4).unwrap(),
+            b"0123"
+        );
+        assert_eq!(
+            store.get_range_cacheable("packs/ab/ab77", 10, 6).unwrap(),
+            b"abcdef"
+        );
+        assert_eq!(
+            counting.counters().gets.get("packs"),
+            None,
+            "kept when written"
+        );
+        // A range not named at upload is fetched (and kept) as before.
+        assert_eq!(
+            store.get_range_cacheable("packs/ab/ab77", 4, 2).unwrap(),
+            b"45"
+        );
+        assert_eq!(counting.counters().gets.get("packs"), Some(&1));
+
+        // The store refuses the object: nothing of it is cached, no temporary file is left.
+        let failing = CacheStore::new(
+            crate::store::FaultyStore::new(Arc::new(MemoryStore::new()), 0),
+            &dir.path().join("other"),
+        );
+        fs::write(&spool, b"0123456789abcdef").unwrap();
+        failing
+            .put_file_cacheable("packs/cd/cd88", &spool, &[(0, 4)])
+            .unwrap_err();
+        assert!(walk(failing.dir()).is_empty(), "{:?}", walk(failing.dir()));
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

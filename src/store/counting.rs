@@ -104,6 +104,13 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         Ok(())
     }
 
+    fn put_file_cacheable(&self, key: &str, path: &Path, ranges: &[(u64, u64)]) -> StoreResult<()> {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        self.inner.put_file_cacheable(key, path, ranges)?;
+        self.count_put(key, size);
+        Ok(())
+    }
+
     fn stat(&self, key: &str) -> StoreResult<u64> {
         self.inner.stat(key)
     }

@@ -96,6 +96,13 @@ impl ObjectStore for FaultyStore {
         }
         self.inner.put_file(key, path)
     }
+    fn put_file_cacheable(&self, key: &str, path: &Path, ranges: &[(u64, u64)]) -> StoreResult<()> {
+        if let Err(e) = self.spend(key) {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        self.inner.put_file_cacheable(key, path, ranges)
+    }
     fn stat(&self, key: &str) -> StoreResult<u64> {
         self.alive(key)?;
         self.inner.stat(key)

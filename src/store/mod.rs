@@ -139,6 +139,15 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Like [`put_file`](Self::put_file), for an object of which the engine will read the
+    /// byte ranges `ranges` (offset, length) again with
+    /// [`get_range_cacheable`](Self::get_range_cacheable) (the tree blobs of a tree pack): a
+    /// caching wrapper may keep those ranges once the object is stored. The object is the same.
+    fn put_file_cacheable(&self, key: &str, path: &Path, ranges: &[(u64, u64)]) -> StoreResult<()> {
+        let _ = ranges;
+        self.put_file(key, path)
+    }
+
     /// Size of the object in bytes.
     fn stat(&self, key: &str) -> StoreResult<u64>;
 
@@ -177,6 +186,9 @@ impl<T: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<T> {
     }
     fn put_file(&self, key: &str, path: &Path) -> StoreResult<()> {
         (**self).put_file(key, path)
+    }
+    fn put_file_cacheable(&self, key: &str, path: &Path, ranges: &[(u64, u64)]) -> StoreResult<()> {
+        (**self).put_file_cacheable(key, path, ranges)
     }
     fn stat(&self, key: &str) -> StoreResult<u64> {
         (**self).stat(key)

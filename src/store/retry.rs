@@ -117,6 +117,9 @@ impl<S: ObjectStore> ObjectStore for RetryStore<S> {
     fn put_file(&self, key: &str, path: &Path) -> StoreResult<()> {
         self.run(|| self.inner.put_file(key, path))
     }
+    fn put_file_cacheable(&self, key: &str, path: &Path, ranges: &[(u64, u64)]) -> StoreResult<()> {
+        self.run(|| self.inner.put_file_cacheable(key, path, ranges))
+    }
     fn stat(&self, key: &str) -> StoreResult<u64> {
         self.run(|| self.inner.stat(key))
     }

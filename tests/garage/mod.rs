@@ -2,11 +2,13 @@
 //! `_REGION`, `_BUCKET`, `_ACCESS_KEY`, `_SECRET_KEY` (a MinIO of your own, say), or else a
 //! single-node Garage started by `tests/garage/setup.sh` for this test run.
 //!
-//! Without either, the S3 tests fail when `CI` is set, and otherwise say loudly that they
+//! Without either, the S3 tests fail when `HOSTAGENT_TEST_REQUIRE_S3=1` (set by
+//! `tests/run-all.sh`) or `CI` is set; a developer's plain `cargo test` says loudly that they
 //! did not run. Tests that stop and restart the server always start a private Garage.
 
 #![allow(dead_code)]
 
+pub mod cut;
 pub mod tls;
 
 use hostagent::store::{S3Config, S3Credentials, S3Location, S3Store};
@@ -40,14 +42,23 @@ fn garage_bin() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Says why S3 tests cannot run: fails under CI, otherwise warns and returns.
-fn unavailable(why: &str) {
+/// Whether a missing server must fail the tests: `HOSTAGENT_TEST_REQUIRE_S3` (the project's
+/// test command sets it) or `CI`, set to anything but empty, `0` or `false`.
+pub fn required() -> bool {
+    ["HOSTAGENT_TEST_REQUIRE_S3", "CI"]
+        .iter()
+        .any(|name| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false"))
+}
+
+/// Says why S3 tests cannot run: fails when a server is required, otherwise warns and
+/// returns.
+pub fn unavailable(why: &str) {
     let msg = format!(
         "S3 TESTS NOT RUN: {why}. Install Garage (`cargo install --locked garage`) or point \
          HOSTAGENT_TEST_S3_ENDPOINT/_REGION/_BUCKET/_ACCESS_KEY/_SECRET_KEY at a server"
     );
-    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
-        panic!("{msg}");
+    if required() {
+        panic!("{msg} (a server is required: HOSTAGENT_TEST_REQUIRE_S3 or CI is set)");
     }
     eprintln!("{msg}");
 }
@@ -89,12 +100,22 @@ pub fn shared() -> Option<&'static Server> {
 
 /// A Garage of the caller's own, which it may stop and restart.
 pub fn private() -> Option<Server> {
+    if garage_bin().is_none() && std::env::var_os("HOSTAGENT_TEST_S3_ENDPOINT").is_some() {
+        unavailable(
+            "this test stops and restarts its server, so it needs a Garage of its own even \
+             with HOSTAGENT_TEST_S3_ENDPOINT set",
+        );
+        return None;
+    }
     start_garage()
 }
 
 fn start_garage() -> Option<Server> {
     let Some(bin) = garage_bin() else {
-        unavailable("no garage binary on PATH or in ~/.cargo/bin");
+        match std::env::var_os("GARAGE_BIN") {
+            Some(p) => unavailable(&format!("GARAGE_BIN={} is no file", p.to_string_lossy())),
+            None => unavailable("no garage binary on PATH or in ~/.cargo/bin"),
+        }
         return None;
     };
     let tmp = tempfile::Builder::new()
@@ -201,11 +222,34 @@ impl Server {
         path
     }
 
+    /// The server's address (its endpoint's host resolved).
     pub fn addr(&self) -> SocketAddr {
-        self.endpoint
-            .trim_start_matches("http://")
-            .parse()
-            .expect("a Garage started here listens on an IP address")
+        use std::net::ToSocketAddrs;
+        let authority = self
+            .endpoint
+            .split_once("://")
+            .map_or(self.endpoint.as_str(), |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap();
+        let default_port = if self.endpoint.starts_with("https://") {
+            443
+        } else {
+            80
+        };
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:{default_port}")
+        };
+        with_port
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| panic!("cannot resolve the test endpoint {}", self.endpoint))
     }
 
     fn dir(&self) -> &Path {

@@ -1,14 +1,15 @@
 //! Writers keep snapshotting, each with its own repository handle, while prunes run; then
 //! every snapshot that was not forgotten restores byte for byte.
 //!
-//! The scenario is generic over the store, so the same test runs on any `ObjectStore`.
+//! The scenario is generic over the store, so the same test runs on any `ObjectStore`: a
+//! local directory, and a real S3 server (Garage, or the one named by HOSTAGENT_TEST_S3_*).
 
 use crate::util::*;
 use hostagent::maintenance::check::{CheckOptions, DataSubset, check};
 use hostagent::maintenance::prune::{PruneOptions, prune};
 use hostagent::maintenance::retention::delete_snapshot;
 use hostagent::repo::Id;
-use hostagent::store::{LocalStore, ObjectStore};
+use hostagent::store::{CacheStore, LocalStore, ObjectStore, RetryPolicy, RetryStore};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -139,4 +140,19 @@ pub fn writers_and_prunes(store: Arc<dyn ObjectStore>, writers: usize, rounds: u
 fn writers_keep_snapshotting_during_prunes_on_a_local_store() {
     let dir = tempfile::tempdir().unwrap();
     writers_and_prunes(Arc::new(LocalStore::new(dir.path().join("repo"))), 2, 8);
+}
+
+/// On S3 as agentctl opens it (retries, then the local cache), with three writers: prunes
+/// list, read and delete across the network while the writers upload.
+#[test]
+fn writers_keep_snapshotting_during_prunes_on_s3() {
+    let Some(server) = crate::garage::shared() else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let s3 = RetryStore::new(
+        server.store(&crate::garage::unique_prefix("prune-writers")),
+        RetryPolicy::default(),
+    );
+    writers_and_prunes(Arc::new(CacheStore::new(s3, cache.path())), 3, 4);
 }

@@ -199,6 +199,42 @@ impl S3Store {
         Ok(())
     }
 
+    /// Keys of the multipart uploads begun under this store's prefix and neither completed
+    /// nor aborted: parts the server keeps (and bills) until a lifecycle rule removes them.
+    pub fn multipart_uploads(&self) -> StoreResult<Vec<String>> {
+        let full = self.with_prefix("");
+        let strip = full.len();
+        self.block_on(async {
+            let mut out = Vec::new();
+            let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+            loop {
+                let page = self
+                    .client
+                    .list_multipart_uploads()
+                    .bucket(self.bucket())
+                    .prefix(&full)
+                    .set_key_marker(key_marker.take())
+                    .set_upload_id_marker(id_marker.take())
+                    .send()
+                    .await
+                    .map_err(|e| errors::map(e, "", &self.cx))?;
+                for u in page.uploads() {
+                    if let Some(k) = u.key().filter(|k| k.len() > strip) {
+                        out.push(k[strip..].to_string());
+                    }
+                }
+                if page.is_truncated() != Some(true) {
+                    return Ok(out);
+                }
+                key_marker = page.next_key_marker().map(str::to_string);
+                id_marker = page.next_upload_id_marker().map(str::to_string);
+                if key_marker.is_none() {
+                    return Ok(out);
+                }
+            }
+        })
+    }
+
     async fn put_object(
         &self,
         full: &str,
