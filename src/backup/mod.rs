@@ -423,7 +423,7 @@ fn run_pipeline(
     use crossbeam_channel::bounded;
     let (event_tx, event_rx) = bounded(4096);
     let (job_tx, job_rx) = bounded::<reader::FileJob>(256);
-    let (blob_tx, blob_rx) = bounded::<packer::NewBlob>(2 * threads);
+    let (blob_tx, blob_rx) = bounded::<packer::NewBlob>(threads);
     let (pack_tx, pack_rx) = bounded::<packer::FinishedPack>(threads + 1);
 
     // The prescan's scanners, already running; or scanners of this backup's own.
