@@ -5,8 +5,9 @@ use crate::repo::tree::{Node, NodeKind, Timestamp, Xattr};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// What kind of entry an lstat result is, before any content is read.
@@ -20,22 +21,83 @@ pub enum EntryType {
     Socket,
 }
 
-pub fn entry_type(meta: &Metadata) -> EntryType {
-    let ft = meta.file_type();
-    if ft.is_file() {
-        EntryType::File
-    } else if ft.is_dir() {
-        EntryType::Dir
-    } else if ft.is_symlink() {
-        EntryType::Symlink
-    } else if ft.is_fifo() {
-        EntryType::Fifo
-    } else if ft.is_char_device() {
-        EntryType::CharDevice
-    } else if ft.is_block_device() {
-        EntryType::BlockDevice
-    } else {
-        EntryType::Socket
+/// The lstat fields a snapshot records, without following symlinks.
+///
+/// Taken relative to a directory descriptor where the walk has one ([`Stat::at`]): the kernel
+/// then resolves one name instead of the whole path, which is much of what an unchanged
+/// re-backup costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// `st_mode`: type and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// 512-byte blocks allocated (fewer than the size suggests: a sparse file).
+    pub blocks: u64,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub ino: u64,
+    pub dev: u64,
+    pub nlink: u64,
+    pub rdev: u64,
+}
+
+impl Stat {
+    /// `name` in the directory `dir`, not following a symlink.
+    pub fn at(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<Stat> {
+        nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map(Stat::from_raw)
+            .map_err(std::io::Error::from)
+    }
+
+    /// The entry at `path`, not following a symlink.
+    pub fn path(path: &Path) -> std::io::Result<Stat> {
+        nix::sys::stat::lstat(path)
+            .map(Stat::from_raw)
+            .map_err(std::io::Error::from)
+    }
+
+    fn from_raw(st: libc::stat) -> Stat {
+        Stat {
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            mtime: Timestamp {
+                secs: st.st_mtime,
+                nanos: st.st_mtime_nsec as u32,
+            },
+            ctime: Timestamp {
+                secs: st.st_ctime,
+                nanos: st.st_ctime_nsec as u32,
+            },
+            ino: st.st_ino,
+            dev: st.st_dev,
+            nlink: st.st_nlink,
+            rdev: st.st_rdev,
+        }
+    }
+
+    pub fn entry_type(&self) -> EntryType {
+        match self.mode & libc::S_IFMT {
+            libc::S_IFREG => EntryType::File,
+            libc::S_IFDIR => EntryType::Dir,
+            libc::S_IFLNK => EntryType::Symlink,
+            libc::S_IFIFO => EntryType::Fifo,
+            libc::S_IFCHR => EntryType::CharDevice,
+            libc::S_IFBLK => EntryType::BlockDevice,
+            _ => EntryType::Socket,
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
     }
 }
 
@@ -48,6 +110,14 @@ pub struct OwnerNames {
 
 impl OwnerNames {
     pub fn user(&mut self, uid: u32) -> Option<String> {
+        self.user_ref(uid).map(str::to_owned)
+    }
+
+    pub fn group(&mut self, gid: u32) -> Option<String> {
+        self.group_ref(gid).map(str::to_owned)
+    }
+
+    pub fn user_ref(&mut self, uid: u32) -> Option<&str> {
         self.users
             .entry(uid)
             .or_insert_with(|| {
@@ -56,10 +126,10 @@ impl OwnerNames {
                     .flatten()
                     .map(|u| u.name)
             })
-            .clone()
+            .as_deref()
     }
 
-    pub fn group(&mut self, gid: u32) -> Option<String> {
+    pub fn group_ref(&mut self, gid: u32) -> Option<&str> {
         self.groups
             .entry(gid)
             .or_insert_with(|| {
@@ -68,39 +138,58 @@ impl OwnerNames {
                     .flatten()
                     .map(|g| g.name)
             })
-            .clone()
+            .as_deref()
     }
 }
 
 /// Builds a node from lstat metadata; the caller fills in the kind's payload (extents,
 /// subtree) where it needs reading.
-pub fn node_from_meta(
-    name: &OsStr,
-    meta: &Metadata,
-    kind: NodeKind,
-    owners: &mut OwnerNames,
-) -> Node {
+pub fn node_from_meta(name: &OsStr, meta: &Stat, kind: NodeKind, owners: &mut OwnerNames) -> Node {
     Node {
         name: name.as_bytes().to_vec(),
         kind,
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        user: owners.user(meta.uid()),
-        group: owners.group(meta.gid()),
-        size: if meta.is_file() { meta.size() } else { 0 },
-        mtime: Timestamp {
-            secs: meta.mtime(),
-            nanos: meta.mtime_nsec() as u32,
-        },
-        ctime: Timestamp {
-            secs: meta.ctime(),
-            nanos: meta.ctime_nsec() as u32,
-        },
-        inode: meta.ino(),
-        device: meta.dev(),
-        links: meta.nlink(),
+        mode: meta.mode & 0o7777,
+        uid: meta.uid,
+        gid: meta.gid,
+        user: owners.user(meta.uid),
+        group: owners.group(meta.gid),
+        size: if meta.is_file() { meta.size } else { 0 },
+        mtime: meta.mtime,
+        ctime: meta.ctime,
+        inode: meta.ino,
+        device: meta.dev,
+        links: meta.nlink,
         xattrs: Vec::new(),
+    }
+}
+
+/// [`node_from_meta`] for an entry the parent snapshot has: `prev`'s name, owner names and
+/// extended attributes are moved into the new node (a walk then allocates nothing for an
+/// unchanged entry); every field the lstat result gives is taken from it.
+pub fn node_reusing(prev: Node, meta: &Stat, kind: NodeKind, owners: &mut OwnerNames) -> Node {
+    let user = match (owners.user_ref(meta.uid), prev.user) {
+        (Some(now), Some(was)) if now == was => Some(was),
+        (now, _) => now.map(str::to_owned),
+    };
+    let group = match (owners.group_ref(meta.gid), prev.group) {
+        (Some(now), Some(was)) if now == was => Some(was),
+        (now, _) => now.map(str::to_owned),
+    };
+    Node {
+        name: prev.name,
+        kind,
+        mode: meta.mode & 0o7777,
+        uid: meta.uid,
+        gid: meta.gid,
+        user,
+        group,
+        size: if meta.is_file() { meta.size } else { 0 },
+        mtime: meta.mtime,
+        ctime: meta.ctime,
+        inode: meta.ino,
+        device: meta.dev,
+        links: meta.nlink,
+        xattrs: prev.xattrs,
     }
 }
 

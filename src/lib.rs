@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod error;
 pub mod fsmeta;
 pub mod maintenance;
+pub mod memory;
 pub mod node_restore;
 pub mod progress;
 pub mod repo;

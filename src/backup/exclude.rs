@@ -52,6 +52,11 @@ impl Excludes {
         Excludes::new(&[], false).expect("no patterns is valid")
     }
 
+    /// Whether any pattern is set (cache tags aside).
+    pub fn any(&self) -> bool {
+        !self.name.is_empty() || !self.full.is_empty()
+    }
+
     pub fn is_excluded(&self, path: &Path) -> bool {
         (!self.name.is_empty() && path.file_name().is_some_and(|n| self.name.is_match(n)))
             || (!self.full.is_empty() && self.full.is_match(path))

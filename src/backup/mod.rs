@@ -23,6 +23,7 @@
 mod exclude;
 mod packer;
 mod reader;
+mod scan;
 mod trees;
 mod walker;
 
@@ -88,6 +89,68 @@ pub struct BackupOptions {
     /// Reader and packer threads each; 0 means one per core.
     pub threads: usize,
     pub progress: Arc<Progress>,
+    /// Directory listing begun before the repository was opened ([`Prescan::start`] with
+    /// these same options).
+    pub prescan: Option<Arc<Prescan>>,
+}
+
+/// Listing the directories to back up while the repository is being opened.
+///
+/// Opening a repository is mostly Argon2id (about 0.1 s, one core, by design); listing and
+/// lstat-ing the tree needs no key at all. Started first, the scanners have listed the
+/// start of the tree by the time the backup begins: an unchanged re-backup then costs about
+/// what the walk alone costs. Dropping it stops its threads.
+pub struct Prescan {
+    scanner: Arc<scan::Scanner>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Prescan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prescan")
+            .field("threads", &self.threads.len())
+            .finish()
+    }
+}
+
+impl Prescan {
+    pub fn start(opts: &BackupOptions) -> Prescan {
+        let scanner = Arc::new(scan::Scanner::new(
+            opts.excludes.clone(),
+            opts.hints.clone(),
+        ));
+        let mut dirs: Vec<PathBuf> = opts.paths.iter().filter_map(|p| absolute(p).ok()).collect();
+        dirs.sort();
+        dirs.dedup();
+        scanner.seed(&dirs);
+        let threads = (0..thread_count(opts.threads))
+            .filter_map(|_| {
+                let s = scanner.clone();
+                std::thread::Builder::new()
+                    .name("hostagent-scan".into())
+                    .spawn(move || s.run())
+                    .ok()
+            })
+            .collect();
+        Prescan { scanner, threads }
+    }
+}
+
+impl Drop for Prescan {
+    fn drop(&mut self) {
+        self.scanner.close();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn thread_count(requested: usize) -> usize {
+    if requested == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        requested
+    }
 }
 
 impl BackupOptions {
@@ -103,6 +166,7 @@ impl BackupOptions {
             hints: None,
             threads: 0,
             progress: Arc::new(Progress::new()),
+            prescan: None,
         }
     }
 }
@@ -274,19 +338,9 @@ fn backup_on_this_thread(repo: &Repository, opts: &BackupOptions) -> Result<Back
         failure: Mutex::new(None),
         abort: AtomicBool::new(false),
     };
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        opts.threads
-    };
-    let (root, (mut indexed, unindexed)) = run_pipeline(
-        &shared,
-        &paths,
-        parent_tree.as_ref(),
-        &opts.excludes,
-        opts.hints.as_ref(),
-        threads,
-    );
+    let threads = thread_count(opts.threads);
+    let (root, (mut indexed, unindexed)) =
+        run_pipeline(&shared, &paths, parent_tree.as_ref(), opts, threads);
 
     if let Some(err) = shared.failure.lock().unwrap().take() {
         // Packs already uploaded but not yet indexed: list them so the next backup reuses them.
@@ -362,16 +416,27 @@ fn run_pipeline(
     shared: &Shared<'_>,
     paths: &[PathBuf],
     parent: Option<&crate::repo::Tree>,
-    excludes: &Excludes,
-    hints: Option<&ChangeHints>,
+    opts: &BackupOptions,
     threads: usize,
 ) -> (Option<Id>, (Vec<PackRecord>, Vec<PackRecord>)) {
+    let hints = opts.hints.as_ref();
     use crossbeam_channel::bounded;
     let (event_tx, event_rx) = bounded(4096);
     let (job_tx, job_rx) = bounded::<reader::FileJob>(256);
-    let (blob_tx, blob_rx) = bounded::<packer::NewBlob>(2 * threads);
+    let (blob_tx, blob_rx) = bounded::<packer::NewBlob>(threads);
     let (pack_tx, pack_rx) = bounded::<packer::FinishedPack>(threads + 1);
 
+    // The prescan's scanners, already running; or scanners of this backup's own.
+    let (scanner, own) = match &opts.prescan {
+        Some(p) => (p.scanner.clone(), false),
+        None => (
+            Arc::new(scan::Scanner::new(
+                opts.excludes.clone(),
+                opts.hints.clone(),
+            )),
+            true,
+        ),
+    };
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let (rx, tx) = (job_rx.clone(), blob_tx.clone());
@@ -388,7 +453,14 @@ fn run_pipeline(
         let uploader = scope.spawn(move || packer::upload(shared, pack_rx));
         drop((job_rx, blob_tx, blob_rx, pack_tx));
 
-        walker::Walker::new(shared, excludes, hints, event_tx, job_tx).run(paths, parent);
+        let scanners: Vec<_> = (0..if own { threads } else { 0 })
+            .map(|_| scope.spawn(|| scanner.run()))
+            .collect();
+        walker::Walker::new(shared, hints, &scanner, event_tx, job_tx).run(paths, parent);
+        scanner.close();
+        for s in scanners {
+            s.join().expect("scanner panicked");
+        }
 
         let root = trees.join().expect("tree builder panicked");
         let unindexed = uploader.join().expect("uploader panicked");

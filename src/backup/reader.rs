@@ -189,7 +189,9 @@ fn chunk_region(
     blobs: &Sender<NewBlob>,
     extents: &mut Vec<Extent>,
 ) -> std::io::Result<u64> {
-    let window = (2 * p.max).max(8 << 20);
+    // The largest chunk plus an average one: every refill brings at least an average chunk
+    // of new data, and what a reader holds stays near the chunk size limit.
+    let window = p.max + p.avg;
     let mut remaining = len;
     let mut total = 0u64;
     buf.clear();

@@ -6,18 +6,17 @@
 //! being opened. Everything else that is a regular file becomes a [`FileJob`] for the readers.
 
 use super::reader::{FileJob, Slot};
+use super::scan::Scanner;
 use super::trees::Event;
-use super::{ChangeHints, Excludes, Shared, bump};
-use crate::fsmeta::{self, EntryType, OwnerNames};
+use super::{ChangeHints, Shared, bump};
+use crate::fsmeta::{self, EntryType, OwnerNames, Stat};
 use crate::progress::Progress;
 use crate::repo::Id;
 use crate::repo::tree::{Extent, Node, NodeKind, Tree};
 use crossbeam_channel::Sender;
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::{OsStr, OsString};
-use std::fs::Metadata;
+use std::ffi::OsStr;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -52,8 +51,8 @@ impl Selection {
 
 pub(super) struct Walker<'s, 'r> {
     shared: &'s Shared<'r>,
-    excludes: &'s Excludes,
     hints: Option<&'s ChangeHints>,
+    scan: &'s Scanner,
     events: Sender<Event>,
     jobs: Sender<FileJob>,
     owners: OwnerNames,
@@ -66,15 +65,15 @@ const PLACEHOLDER: Id = Id([0; 32]);
 impl<'s, 'r> Walker<'s, 'r> {
     pub fn new(
         shared: &'s Shared<'r>,
-        excludes: &'s Excludes,
         hints: Option<&'s ChangeHints>,
+        scan: &'s Scanner,
         events: Sender<Event>,
         jobs: Sender<FileJob>,
     ) -> Self {
         Walker {
             shared,
-            excludes,
             hints,
+            scan,
             events,
             jobs,
             owners: OwnerNames::default(),
@@ -95,8 +94,9 @@ impl<'s, 'r> Walker<'s, 'r> {
         let _ = self.events.send(e);
     }
 
-    fn parent_subtree(&self, parent: Option<&Tree>, name: &[u8]) -> Option<Tree> {
-        let id = parent?.get(name)?.subtree()?;
+    /// The parent snapshot's tree of a directory, when its node there is one.
+    fn parent_subtree(&self, prev: Option<&Node>) -> Option<Tree> {
+        let id = prev?.subtree()?;
         // An unreadable parent tree only costs incrementality.
         self.shared.repo.read_tree(&id).ok()
     }
@@ -107,12 +107,15 @@ impl<'s, 'r> Walker<'s, 'r> {
             if self.shared.aborted() {
                 return;
             }
-            let path = dir.join(OsStr::from_bytes(name));
+            let os_name = OsStr::from_bytes(name);
+            let path = dir.join(os_name);
+            let prev = parent.and_then(|t| t.get(name)).cloned();
             if child.whole {
-                self.entry(&path, OsStr::from_bytes(name), parent);
+                let stat = Stat::path(&path);
+                self.entry(dir, os_name, stat, prev);
                 continue;
             }
-            let meta = match std::fs::symlink_metadata(&path) {
+            let meta = match Stat::path(&path) {
                 Ok(m) if m.is_dir() => m,
                 Ok(_) => {
                     self.shared.file_error(
@@ -126,41 +129,29 @@ impl<'s, 'r> Walker<'s, 'r> {
                     continue;
                 }
             };
-            let node = self.dir_node(&path, OsStr::from_bytes(name), &meta, parent);
-            let sub = self.parent_subtree(parent, name);
+            let sub = self.parent_subtree(prev.as_ref());
+            let node = self.dir_node(&path, os_name, &meta, prev);
             self.emit(Event::EnterDir);
             self.walk_selection(&path, child, sub.as_ref());
             self.emit(Event::LeaveDir(Some(node)));
         }
     }
 
-    fn walk_dir(&mut self, dir: &Path, parent: Option<&Tree>) {
-        let mut names: Vec<OsString> = match std::fs::read_dir(dir) {
-            Ok(rd) => {
-                let mut v = Vec::new();
-                for e in rd {
-                    match e {
-                        Ok(e) => v.push(e.file_name()),
-                        Err(err) => {
-                            self.shared.file_error(
-                                dir,
-                                format!("cannot list the directory completely: {err}"),
-                            );
-                            break;
-                        }
-                    }
-                }
-                v
-            }
-            Err(e) => {
-                self.shared
-                    .file_error(dir, format!("cannot list the directory: {e}"));
-                return;
-            }
-        };
-        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        let cache = self.excludes.is_cache_dir(dir);
-        for name in names {
+    /// Walks a directory's entries. Listing and parent tree are both in byte order of names,
+    /// so each entry finds its node in the parent snapshot by advancing one cursor; the
+    /// parent's nodes are moved into the new ones, not copied.
+    fn walk_dir(&mut self, dir: &Path, parent: Option<Tree>) {
+        let listing = self.scan.take(dir);
+        if let Some(e) = listing.error {
+            self.shared.file_error(dir, e);
+        }
+        bump(&self.shared.stats.excluded, listing.excluded);
+        let mut prev_nodes = parent
+            .map(|t| t.nodes)
+            .unwrap_or_default()
+            .into_iter()
+            .peekable();
+        for entry in listing.entries {
             if self.shared.aborted() {
                 return;
             }
@@ -168,74 +159,119 @@ impl<'s, 'r> Walker<'s, 'r> {
                 self.shared.fail(crate::error::Error::cancelled());
                 return;
             }
-            let path = dir.join(&name);
-            if (cache && name != super::CACHEDIR_TAG) || self.excludes.is_excluded(&path) {
-                bump(&self.shared.stats.excluded, 1);
-                continue;
-            }
-            self.entry(&path, &name, parent);
+            let name = entry.name.as_bytes();
+            while prev_nodes.next_if(|n| n.name.as_slice() < name).is_some() {}
+            let prev = prev_nodes.next_if(|n| n.name.as_slice() == name);
+            self.entry(dir, &entry.name, entry.stat, prev);
         }
     }
 
-    /// One entry of any type.
-    fn entry(&mut self, path: &Path, name: &OsStr, parent: Option<&Tree>) {
-        let meta = match std::fs::symlink_metadata(path) {
+    /// One entry of `dir`, with its lstat result and its node in the parent snapshot. Its
+    /// path is only made where something needs it: an unchanged file needs none.
+    fn entry(&mut self, dir: &Path, name: &OsStr, stat: std::io::Result<Stat>, prev: Option<Node>) {
+        let meta = match stat {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.shared
-                    .file_error(path, "vanished before it could be read");
+                    .file_error(&dir.join(name), "vanished before it could be read");
                 return;
             }
             Err(e) => {
-                self.shared.file_error(path, format!("cannot read: {e}"));
+                self.shared
+                    .file_error(&dir.join(name), format!("cannot read: {e}"));
                 return;
             }
         };
-        let prev = parent.and_then(|t| t.get(name.as_bytes()));
         let stats = &self.shared.stats;
-        let kind = match fsmeta::entry_type(&meta) {
+        let kind = match meta.entry_type() {
             EntryType::Socket => {
                 bump(&stats.sockets_skipped, 1);
                 return;
             }
             EntryType::Dir => {
-                let mut node = self.dir_node(path, name, &meta, parent);
-                if let Some(tree) = self.reusable_subtree(path, &node, prev) {
+                let path = dir.join(name);
+                let sub_prev = prev.as_ref().and_then(Node::subtree);
+                // Only change hints can keep a subtree unlisted.
+                let prev_dir = self.hints.and(prev.clone());
+                let mut node = self.dir_node(&path, name, &meta, prev);
+                if let Some(tree) = self.reusable_subtree(&path, &node, prev_dir.as_ref()) {
+                    self.scan.skip(&path);
                     node.kind = NodeKind::Dir { tree };
                     bump(&stats.dirs_reused, 1);
                     self.emit(Event::Node(node));
                     return;
                 }
-                let sub = self.parent_subtree(parent, name.as_bytes());
+                // An unreadable parent tree only costs incrementality.
+                let sub = sub_prev.and_then(|id| self.shared.repo.read_tree(&id).ok());
                 self.emit(Event::EnterDir);
-                self.walk_dir(path, sub.as_ref());
+                self.walk_dir(&path, sub);
                 self.emit(Event::LeaveDir(Some(node)));
                 return;
             }
-            EntryType::File => return self.file(path, name, &meta, prev),
-            EntryType::Symlink => match std::fs::read_link(path) {
-                Ok(t) => {
+            EntryType::File => return self.file(dir, name, &meta, prev),
+            // A symlink's target never changes in place: same inode and ctime, same target.
+            EntryType::Symlink => match prev.as_ref().map(|p| (&p.kind, p.inode, p.ctime)) {
+                Some((NodeKind::Symlink { .. }, ino, ctime))
+                    if ino == meta.ino && ctime == meta.ctime =>
+                {
                     bump(&stats.symlinks, 1);
-                    NodeKind::Symlink {
-                        target: t.into_os_string().into_vec(),
-                    }
-                }
-                Err(e) => {
-                    self.shared
-                        .file_error(path, format!("cannot read the symlink: {e}"));
+                    let node = self.node(dir, name, &meta, None, prev);
+                    self.emit(Event::Node(node));
                     return;
                 }
+                _ => match std::fs::read_link(dir.join(name)) {
+                    Ok(t) => {
+                        bump(&stats.symlinks, 1);
+                        NodeKind::Symlink {
+                            target: t.into_os_string().into_vec(),
+                        }
+                    }
+                    Err(e) => {
+                        self.shared
+                            .file_error(&dir.join(name), format!("cannot read the symlink: {e}"));
+                        return;
+                    }
+                },
             },
             EntryType::Fifo => NodeKind::Fifo,
-            EntryType::CharDevice => NodeKind::CharDevice { rdev: meta.rdev() },
-            EntryType::BlockDevice => NodeKind::BlockDevice { rdev: meta.rdev() },
+            EntryType::CharDevice => NodeKind::CharDevice { rdev: meta.rdev },
+            EntryType::BlockDevice => NodeKind::BlockDevice { rdev: meta.rdev },
         };
         if !matches!(kind, NodeKind::Symlink { .. }) {
             bump(&stats.others, 1);
         }
-        let mut node = fsmeta::node_from_meta(name, &meta, kind, &mut self.owners);
-        self.fill_xattrs(path, &mut node, prev);
+        let node = self.node(dir, name, &meta, Some(kind), prev);
         self.emit(Event::Node(node));
+    }
+
+    /// The node for an entry: from its lstat result, reusing what the parent snapshot's node
+    /// holds where it cannot have changed (the name's and owners' bytes; extended attributes
+    /// while the ctime is the same, as every xattr change updates it). `kind` None keeps
+    /// `prev`'s (an unchanged file's extents, an unchanged symlink's target).
+    fn node(
+        &mut self,
+        dir: &Path,
+        name: &OsStr,
+        meta: &Stat,
+        kind: Option<NodeKind>,
+        prev: Option<Node>,
+    ) -> Node {
+        let Some(mut p) = prev else {
+            let kind = kind.expect("a new entry comes with its kind");
+            let mut node = fsmeta::node_from_meta(name, meta, kind, &mut self.owners);
+            self.read_xattrs(&dir.join(name), &mut node);
+            return node;
+        };
+        let same_type = kind
+            .as_ref()
+            .is_none_or(|k| std::mem::discriminant(&p.kind) == std::mem::discriminant(k));
+        let xattrs_kept = same_type && p.ctime == meta.ctime && p.inode == meta.ino;
+        let kind = kind.unwrap_or_else(|| std::mem::replace(&mut p.kind, NodeKind::Fifo));
+        let mut node = fsmeta::node_reusing(p, meta, kind, &mut self.owners);
+        if !xattrs_kept {
+            self.read_xattrs(&dir.join(name), &mut node);
+        }
+        node
     }
 
     /// The parent's subtree for `path`, when change hints say nothing below it changed and
@@ -287,11 +323,7 @@ impl<'s, 'r> Walker<'s, 'r> {
                     self.count_subtree(tree, count)?;
                 }
                 NodeKind::File { extents } => {
-                    let indexed = extents.iter().all(|e| match e {
-                        Extent::Data { id, .. } => index.contains(id),
-                        Extent::Hole { .. } => true,
-                    });
-                    if !indexed {
+                    if !all_indexed(&index, extents) {
                         return None;
                     }
                     count.files += 1;
@@ -304,36 +336,19 @@ impl<'s, 'r> Walker<'s, 'r> {
         Some(())
     }
 
-    fn dir_node(
-        &mut self,
-        path: &Path,
-        name: &OsStr,
-        meta: &Metadata,
-        parent: Option<&Tree>,
-    ) -> Node {
+    fn dir_node(&mut self, path: &Path, name: &OsStr, meta: &Stat, prev: Option<Node>) -> Node {
         bump(&self.shared.stats.dirs, 1);
-        let mut node = fsmeta::node_from_meta(
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        self.node(
+            dir,
             name,
             meta,
-            NodeKind::Dir { tree: PLACEHOLDER },
-            &mut self.owners,
-        );
-        let prev = parent.and_then(|t| t.get(name.as_bytes()));
-        self.fill_xattrs(path, &mut node, prev);
-        node
+            Some(NodeKind::Dir { tree: PLACEHOLDER }),
+            prev,
+        )
     }
 
-    /// Extended attributes, taken from the parent snapshot when the inode's ctime shows no
-    /// change (every xattr change updates ctime).
-    fn fill_xattrs(&self, path: &Path, node: &mut Node, prev: Option<&Node>) {
-        if let Some(p) = prev
-            && p.ctime == node.ctime
-            && p.inode == node.inode
-            && std::mem::discriminant(&p.kind) == std::mem::discriminant(&node.kind)
-        {
-            node.xattrs = p.xattrs.clone();
-            return;
-        }
+    fn read_xattrs(&self, path: &Path, node: &mut Node) {
         match fsmeta::read_xattrs(path) {
             Ok(x) => node.xattrs = x,
             Err(e) => self
@@ -342,35 +357,24 @@ impl<'s, 'r> Walker<'s, 'r> {
         }
     }
 
-    fn file(&mut self, path: &Path, name: &OsStr, meta: &Metadata, prev: Option<&Node>) {
+    fn file(&mut self, dir: &Path, name: &OsStr, meta: &Stat, prev: Option<Node>) {
         let stats = &self.shared.stats;
         let progress = self.shared.progress;
         bump(&stats.files, 1);
-        bump(&stats.total_bytes, meta.size());
+        bump(&stats.total_bytes, meta.size);
         Progress::add(&progress.files_seen, 1);
-        Progress::add(&progress.bytes_seen, meta.size());
-        let mut node = fsmeta::node_from_meta(
-            name,
-            meta,
-            NodeKind::File {
-                extents: Vec::new(),
-            },
-            &mut self.owners,
-        );
-        self.fill_xattrs(path, &mut node, prev);
+        Progress::add(&progress.bytes_seen, meta.size);
 
-        if let Some(p) = prev
-            && unchanged(p, &node)
-            && let NodeKind::File { extents } = &p.kind
-            && extents.iter().all(|e| match e {
-                Extent::Data { id, .. } => self.shared.index.contains(id),
-                Extent::Hole { .. } => true,
-            })
-        {
-            node.kind = p.kind.clone();
+        let reusable = prev.as_ref().is_some_and(|p| {
+            unchanged(p, meta)
+                && matches!(&p.kind, NodeKind::File { extents }
+                    if all_indexed(&self.shared.index, extents))
+        });
+        if reusable {
+            let node = self.node(dir, name, meta, None, prev);
             bump(&stats.files_unmodified, 1);
             Progress::add(&progress.files_done, 1);
-            Progress::add(&progress.bytes_done, meta.size());
+            Progress::add(&progress.bytes_done, meta.size);
             self.emit(Event::Node(node));
             return;
         }
@@ -382,28 +386,31 @@ impl<'s, 'r> Walker<'s, 'r> {
             },
             1,
         );
-
-        if meta.nlink() > 1
-            && let Some(slot) = self.hardlinks.get(&(meta.dev(), meta.ino()))
+        let kind = NodeKind::File {
+            extents: Vec::new(),
+        };
+        let node = self.node(dir, name, meta, Some(kind), prev);
+        let path = dir.join(name);
+        if meta.nlink > 1
+            && let Some(slot) = self.hardlinks.get(&(meta.dev, meta.ino))
         {
             // Another link to content already being read.
             Progress::add(&progress.files_done, 1);
-            Progress::add(&progress.bytes_done, meta.size());
+            Progress::add(&progress.bytes_done, meta.size);
             self.emit(Event::File {
                 node,
                 slot: slot.clone(),
-                path: path.to_path_buf(),
+                path: path.clone(),
             });
             return;
         }
         let slot = Arc::new(Slot::default());
-        if meta.nlink() > 1 {
-            self.hardlinks
-                .insert((meta.dev(), meta.ino()), slot.clone());
+        if meta.nlink > 1 {
+            self.hardlinks.insert((meta.dev, meta.ino), slot.clone());
         }
         let job = FileJob {
-            path: path.to_path_buf(),
-            size: meta.size(),
+            path: path.clone(),
+            size: meta.size,
             mtime: node.mtime,
             ctime: node.ctime,
             inode: node.inode,
@@ -412,11 +419,7 @@ impl<'s, 'r> Walker<'s, 'r> {
         if self.jobs.send(job).is_err() {
             return;
         }
-        self.emit(Event::File {
-            node,
-            slot,
-            path: path.to_path_buf(),
-        });
+        self.emit(Event::File { node, slot, path });
     }
 }
 
@@ -430,13 +433,22 @@ struct Counts {
 }
 
 /// The incremental test: same size, mtime, ctime, inode and mode as in the parent snapshot.
-fn unchanged(prev: &Node, now: &Node) -> bool {
+fn unchanged(prev: &Node, now: &Stat) -> bool {
     matches!(prev.kind, NodeKind::File { .. })
         && prev.size == now.size
         && prev.mtime == now.mtime
         && prev.ctime == now.ctime
-        && prev.inode == now.inode
-        && prev.mode == now.mode
+        && prev.inode == now.ino
+        && prev.mode == now.mode & 0o7777
+}
+
+/// Whether every stored piece of a file is in the index (else it must be read again: its
+/// data may be on its way out of the repository).
+fn all_indexed(index: &crate::repo::Index, extents: &[Extent]) -> bool {
+    extents.iter().all(|e| match e {
+        Extent::Data { id, .. } => index.contains(id),
+        Extent::Hole { .. } => true,
+    })
 }
 
 #[cfg(test)]

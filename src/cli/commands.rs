@@ -47,7 +47,6 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
                      paths: drop --repo to ask it)",
                 ));
             }
-            let mut repo = open(g)?;
             let mut opts = BackupOptions::new(a.paths.clone());
             opts.tags = a.tags.clone();
             opts.excludes = Excludes::new(&a.excludes, a.exclude_caches)?;
@@ -62,6 +61,9 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
                 opts.expires =
                     Some(chrono::Utc::now() + crate::maintenance::retention::parse_ttl(ttl)?);
             }
+            // The tree is listed while the password unlocks the repository.
+            opts.prescan = Some(Arc::new(crate::backup::Prescan::start(&opts)));
+            let mut repo = open(g)?;
             let bar = Bar::start(opts.progress.clone(), "snapshot", !g.quiet && !g.json);
             let report = crate::maintenance::backup(&mut repo, &opts);
             drop(bar);

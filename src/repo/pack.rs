@@ -193,7 +193,8 @@ impl PackWriter {
             salt,
             header_salt,
             path,
-            out: BufWriter::with_capacity(1 << 20, file),
+            // Blobs of a chunk or more bypass the buffer; it only gathers small ones.
+            out: BufWriter::with_capacity(256 << 10, file),
             hasher: blake3::Hasher::new(),
             offset: 0,
             entries: Vec::new(),

@@ -9,7 +9,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, unlinkat};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -47,6 +47,60 @@ pub fn open_dir_below(root: BorrowedFd<'_>, rel: &Path) -> IoResult<OwnedFd> {
     Ok(fd)
 }
 
+/// Directories below a root, opened as [`open_dir_below`] does, keeping the last path's
+/// directories open: walking directories in tree order, each is opened about once instead of
+/// once per component of its path.
+pub struct DirChain<'a> {
+    root: BorrowedFd<'a>,
+    open: Vec<(std::ffi::OsString, OwnedFd)>,
+    base: Option<OwnedFd>,
+}
+
+impl<'a> DirChain<'a> {
+    pub fn new(root: BorrowedFd<'a>) -> Self {
+        DirChain {
+            root,
+            open: Vec::new(),
+            base: None,
+        }
+    }
+
+    pub fn open(&mut self, rel: &Path) -> IoResult<BorrowedFd<'_>> {
+        let comps: Vec<&OsStr> = rel
+            .components()
+            .map(|c| match c {
+                Component::Normal(n) => Ok(n),
+                _ => Err(std::io::Error::other(format!(
+                    "refusing path component {:?}",
+                    c.as_os_str()
+                ))),
+            })
+            .collect::<IoResult<_>>()?;
+        let common = self
+            .open
+            .iter()
+            .zip(&comps)
+            .take_while(|((a, _), b)| a.as_os_str() == **b)
+            .count();
+        self.open.truncate(common);
+        if self.base.is_none() {
+            self.base = Some(open_dir_below(self.root, Path::new(""))?);
+        }
+        for name in &comps[common..] {
+            let parent = match self.open.last() {
+                Some((_, fd)) => fd.as_fd(),
+                None => self.base.as_ref().expect("opened above").as_fd(),
+            };
+            let fd = open_dir_below(parent, Path::new(name))?;
+            self.open.push((name.to_os_string(), fd));
+        }
+        Ok(match self.open.last() {
+            Some((_, fd)) => fd.as_fd(),
+            None => self.base.as_ref().expect("opened above").as_fd(),
+        })
+    }
+}
+
 /// A temporary name in a directory, unique enough for concurrent restores.
 pub fn temp_name() -> Vec<u8> {
     format!(
@@ -60,8 +114,11 @@ pub fn to_timespec(t: Timestamp) -> TimeSpec {
     TimeSpec::new(t.secs, t.nanos as i64)
 }
 
+/// Whether this process runs as root (and may restore owners). Asked once: it is asked for
+/// every file restored.
 pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| nix::unistd::geteuid().is_root())
 }
 
 /// Owner, mode, xattrs and mtime on an open regular file or directory, in the order that
@@ -76,13 +133,15 @@ pub fn apply_meta_fd(fd: BorrowedFd<'_>, node: &Node) -> IoResult<()> {
         .map_err(errno)?;
     }
     nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(node.mode)).map_err(errno)?;
-    let file = File::from(fd.try_clone_to_owned()?);
-    use xattr::FileExt;
-    for x in &node.xattrs {
-        set_xattr_checked(
-            file.set_xattr(OsStr::from_bytes(&x.name), &x.value),
-            &x.name,
-        )?;
+    if !node.xattrs.is_empty() {
+        let file = File::from(fd.try_clone_to_owned()?);
+        use xattr::FileExt;
+        for x in &node.xattrs {
+            set_xattr_checked(
+                file.set_xattr(OsStr::from_bytes(&x.name), &x.value),
+                &x.name,
+            )?;
+        }
     }
     let mtime = to_timespec(node.mtime);
     futimens(fd, &mtime, &mtime).map_err(errno)

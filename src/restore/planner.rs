@@ -102,7 +102,7 @@ impl<'c, 'r> Planner<'c, 'r> {
                 if let Some(node) = root_node.filter(|_| full) {
                     self.plan.dir_meta.push((PathBuf::new(), node));
                 }
-                self.dir(root, Path::new(""), &mut start.clone(), full, &fd);
+                self.dir(root, Path::new(""), &mut start.clone(), full, &Arc::new(fd));
             }
             Err(e) => self.ctx.errors.record(self.ctx.target, e),
         }
@@ -129,7 +129,14 @@ impl<'c, 'r> Planner<'c, 'r> {
         p
     }
 
-    fn dir(&mut self, tree: &Tree, rel: &Path, comps: &mut Vec<Vec<u8>>, full: bool, fd: &OwnedFd) {
+    fn dir(
+        &mut self,
+        tree: &Tree,
+        rel: &Path,
+        comps: &mut Vec<Vec<u8>>,
+        full: bool,
+        fd: &Arc<OwnedFd>,
+    ) {
         if comps.len() > MAX_DEPTH {
             self.ctx.errors.record(
                 &Self::display(comps),
@@ -155,7 +162,14 @@ impl<'c, 'r> Planner<'c, 'r> {
         }
     }
 
-    fn entry(&mut self, node: &Node, rel: &Path, comps: &mut Vec<Vec<u8>>, sel: Sel, fd: &OwnedFd) {
+    fn entry(
+        &mut self,
+        node: &Node,
+        rel: &Path,
+        comps: &mut Vec<Vec<u8>>,
+        sel: Sel,
+        fd: &Arc<OwnedFd>,
+    ) {
         let ctx = self.ctx;
         let shown = Self::display(comps);
         let name = node.name.as_slice();
@@ -182,12 +196,18 @@ impl<'c, 'r> Planner<'c, 'r> {
                 let flags =
                     OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
                 match openat(fd, OsStr::from_bytes(name), flags, Mode::empty()) {
-                    Ok(sub) => self.dir(&subtree, &child_rel, comps, sel == Sel::Full, &sub),
+                    Ok(sub) => self.dir(
+                        &subtree,
+                        &child_rel,
+                        comps,
+                        sel == Sel::Full,
+                        &Arc::new(sub),
+                    ),
                     Err(e) => ctx.errors.record(&shown, fsops::errno(e)),
                 }
             }
             _ if sel != Sel::Full => {}
-            NodeKind::File { extents } => self.file(node, extents, rel, shown),
+            NodeKind::File { extents } => self.file(node, extents, rel, shown, fd),
             _ => {
                 self.plan.others += 1;
                 Progress::add(&ctx.progress.files_seen, 1);
@@ -199,7 +219,14 @@ impl<'c, 'r> Planner<'c, 'r> {
         }
     }
 
-    fn file(&mut self, node: &Node, extents: &[Extent], rel: &Path, shown: PathBuf) {
+    fn file(
+        &mut self,
+        node: &Node,
+        extents: &[Extent],
+        rel: &Path,
+        shown: PathBuf,
+        dir: &Arc<OwnedFd>,
+    ) {
         let progress = self.ctx.progress;
         Progress::add(&progress.files_seen, 1);
         Progress::add(&progress.bytes_seen, node.size);
@@ -231,6 +258,7 @@ impl<'c, 'r> Planner<'c, 'r> {
             }
         }
         let state = Arc::new(FileState::new(
+            dir.clone(),
             rel.to_path_buf(),
             node.clone(),
             shown,
@@ -355,9 +383,13 @@ impl Plan {
             }
             Progress::add(&ctx.progress.files_done, 1);
         }
+        // Deepest first (the reverse of tree order), so each directory's times are set after
+        // everything in it; the chain keeps the path's directories open between them.
+        let mut chain = fsops::DirChain::new(ctx.root.as_fd());
         for (rel, node) in self.dir_meta.iter().rev() {
-            let result = fsops::open_dir_below(ctx.root.as_fd(), rel)
-                .and_then(|fd| fsops::apply_meta_fd(fd.as_fd(), node));
+            let result = chain
+                .open(rel)
+                .and_then(|fd| fsops::apply_meta_fd(fd, node));
             if let Err(e) = result {
                 ctx.errors.record(&ctx.target.join(rel), e);
             }

@@ -1,6 +1,6 @@
 //! Writers: threads that fill files piece by piece. The first piece of a file to arrive
-//! creates it under a temporary name; the last one to finish gives it its metadata and
-//! renames it into place, or removes it if any piece failed.
+//! creates it unnamed (or under a temporary name); the last one to finish gives it its
+//! metadata and its name, or removes it if any piece failed.
 
 use super::Errors;
 use super::fsops;
@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub(crate) struct Context<'r> {
     pub repo: &'r Repository,
@@ -29,7 +29,6 @@ pub(crate) struct Context<'r> {
 }
 
 struct Open {
-    dir: Arc<OwnedFd>,
     file: File,
     /// Created with `O_TMPFILE`: it gets its name by a link, not a rename.
     unnamed: bool,
@@ -37,25 +36,50 @@ struct Open {
 
 /// One file being restored, shared by its pieces.
 pub(super) struct FileState {
+    /// The directory it goes in, opened by the planner.
+    dir: Arc<OwnedFd>,
     rel_dir: PathBuf,
     node: Node,
     shown: PathBuf,
-    tmp: Vec<u8>,
+    /// Made when first needed: most files never have a temporary name.
+    tmp: OnceLock<Vec<u8>>,
     open: Mutex<Option<Result<Arc<Open>, String>>>,
     remaining: AtomicUsize,
     failure: Mutex<Option<String>>,
 }
 
 impl FileState {
-    pub fn new(rel_dir: PathBuf, node: Node, shown: PathBuf, pieces: usize) -> FileState {
+    pub fn new(
+        dir: Arc<OwnedFd>,
+        rel_dir: PathBuf,
+        node: Node,
+        shown: PathBuf,
+        pieces: usize,
+    ) -> FileState {
         FileState {
+            dir,
             rel_dir,
             node,
             shown,
-            tmp: fsops::temp_name(),
+            tmp: OnceLock::new(),
             open: Mutex::new(None),
             remaining: AtomicUsize::new(pieces),
             failure: Mutex::new(None),
+        }
+    }
+
+    fn tmp(&self) -> &[u8] {
+        self.tmp.get_or_init(fsops::temp_name)
+    }
+
+    /// Whether writing the extents alone gives the file its size: no holes to leave.
+    fn dense(&self) -> bool {
+        match &self.node.kind {
+            crate::repo::tree::NodeKind::File { extents } => {
+                extents.iter().all(|e| matches!(e, Extent::Data { .. }))
+                    && extents.iter().map(Extent::len).sum::<u64>() == self.node.size
+            }
+            _ => false,
         }
     }
 
@@ -73,36 +97,16 @@ pub(super) struct Piece {
     pub extents: Vec<(u64, Extent)>,
 }
 
-/// Keeps the last directory a writer used open: files arrive grouped by directory.
-#[derive(Default)]
-struct DirCache {
-    last: Option<(PathBuf, Arc<OwnedFd>)>,
-}
-
-impl DirCache {
-    fn get(&mut self, ctx: &Context<'_>, rel: &Path) -> std::io::Result<Arc<OwnedFd>> {
-        if let Some((p, fd)) = &self.last
-            && p == rel
-        {
-            return Ok(fd.clone());
-        }
-        let fd = Arc::new(fsops::open_dir_below(ctx.root.as_fd(), rel)?);
-        self.last = Some((rel.to_path_buf(), fd.clone()));
-        Ok(fd)
-    }
-}
-
 /// Returns (files restored, bytes written).
 pub(super) fn run(ctx: &Context<'_>, pieces: Receiver<Piece>) -> (u64, u64) {
     let mut decoder = BlobDecoder::new();
-    let mut dirs = DirCache::default();
     let (mut files, mut bytes) = (0u64, 0u64);
     for piece in pieces {
         let state = &piece.file;
         if ctx.progress.is_cancelled() {
             state.fail("restore cancelled".into());
         } else {
-            match open_file(ctx, state, &mut dirs) {
+            match open_file(state) {
                 Ok(open) => {
                     if let Err(msg) =
                         write_piece(ctx, &open.file, &piece.extents, &mut decoder, &mut bytes)
@@ -123,19 +127,13 @@ pub(super) fn run(ctx: &Context<'_>, pieces: Receiver<Piece>) -> (u64, u64) {
     (files, bytes)
 }
 
-fn open_file(
-    ctx: &Context<'_>,
-    state: &FileState,
-    dirs: &mut DirCache,
-) -> Result<Arc<Open>, String> {
+fn open_file(state: &FileState) -> Result<Arc<Open>, String> {
     let mut guard = state.open.lock().unwrap();
     if let Some(r) = guard.as_ref() {
         return r.clone();
     }
     let result = (|| {
-        let dir = dirs
-            .get(ctx, &state.rel_dir)
-            .map_err(|e| format!("cannot open its directory: {e}"))?;
+        let dir = &state.dir;
         let cannot_create =
             |e: std::io::Error| crate::error::Error::io("cannot create the file", e).to_string();
         // An unnamed file first: one directory update (the link) instead of two (create under
@@ -149,8 +147,8 @@ fn open_file(
                     | OFlag::O_NOFOLLOW
                     | OFlag::O_CLOEXEC;
                 let fd = openat(
-                    &*dir,
-                    OsStr::from_bytes(&state.tmp),
+                    &**dir,
+                    OsStr::from_bytes(state.tmp()),
                     flags,
                     Mode::from_bits_truncate(0o600),
                 )
@@ -159,13 +157,18 @@ fn open_file(
             }
         };
         let file = File::from(fd);
-        // Sizing first makes every hole a hole; data is then written in place.
-        if let Err(e) = file.set_len(state.node.size) {
+        // Sizing first makes every hole a hole; data is then written in place. A file of
+        // data alone gets its size from the writes.
+        if !state.dense()
+            && let Err(e) = file.set_len(state.node.size)
+        {
             // Nothing will finish this file: remove it now, or it stays under its temp name.
-            fsops::unlink_quiet(dir.as_fd(), &state.tmp);
+            if !unnamed {
+                fsops::unlink_quiet(dir.as_fd(), state.tmp());
+            }
             return Err(crate::error::Error::io("cannot size the file", e).to_string());
         }
-        Ok(Arc::new(Open { dir, file, unnamed }))
+        Ok(Arc::new(Open { file, unnamed }))
     })();
     *guard = Some(result.clone());
     result
@@ -211,18 +214,21 @@ fn finalize(ctx: &Context<'_>, state: &FileState) -> bool {
                 if open.unnamed {
                     // The name is free: linking is the commit. Taken: link under the
                     // temporary name, then replace as a named temporary file would.
-                    match fsops::link_unnamed(open.file.as_fd(), open.dir.as_fd(), &state.node.name)
-                    {
+                    match fsops::link_unnamed(
+                        open.file.as_fd(),
+                        state.dir.as_fd(),
+                        &state.node.name,
+                    ) {
                         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                            fsops::link_unnamed(open.file.as_fd(), open.dir.as_fd(), &state.tmp)?
+                            fsops::link_unnamed(open.file.as_fd(), state.dir.as_fd(), state.tmp())?
                         }
                         other => return other,
                     }
                 }
                 let dir_path = ctx.target.join(&state.rel_dir);
                 fsops::commit(
-                    open.dir.as_fd(),
-                    &state.tmp,
+                    state.dir.as_fd(),
+                    state.tmp(),
                     &state.node.name,
                     ctx.replace_dirs,
                     &dir_path,
@@ -233,7 +239,9 @@ fn finalize(ctx: &Context<'_>, state: &FileState) -> bool {
     match result {
         Ok(()) => true,
         Err(msg) => {
-            fsops::unlink_quiet(open.dir.as_fd(), &state.tmp);
+            if let Some(tmp) = state.tmp.get() {
+                fsops::unlink_quiet(state.dir.as_fd(), tmp);
+            }
             ctx.errors.record(&state.shown, msg);
             false
         }
