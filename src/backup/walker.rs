@@ -477,20 +477,37 @@ mod tests {
         }
     }
 
+    /// The lstat result of an entry that looks exactly as `file()` recorded it.
+    fn stat() -> Stat {
+        Stat {
+            mode: libc::S_IFREG | 0o644,
+            uid: 0,
+            gid: 0,
+            size: 100,
+            blocks: 8,
+            mtime: Timestamp { secs: 10, nanos: 1 },
+            ctime: Timestamp { secs: 20, nanos: 2 },
+            ino: 1000,
+            dev: 1,
+            nlink: 1,
+            rdev: 0,
+        }
+    }
+
     #[test]
     fn each_compared_field_alone_makes_a_file_changed() {
         let prev = file();
-        assert!(unchanged(&prev, &file()));
-        type Change = (&'static str, fn(&mut Node));
+        assert!(unchanged(&prev, &stat()));
+        type Change = (&'static str, fn(&mut Stat));
         let changes: [Change; 5] = [
-            ("size", |n| n.size += 1),
-            ("mtime", |n| n.mtime.nanos += 1),
-            ("ctime", |n| n.ctime.nanos += 1),
-            ("inode", |n| n.inode += 1),
-            ("mode", |n| n.mode = 0o600),
+            ("size", |s| s.size += 1),
+            ("mtime", |s| s.mtime.nanos += 1),
+            ("ctime", |s| s.ctime.nanos += 1),
+            ("inode", |s| s.ino += 1),
+            ("mode", |s| s.mode = libc::S_IFREG | 0o600),
         ];
         for (field, change) in changes {
-            let mut now = file();
+            let mut now = stat();
             change(&mut now);
             assert!(
                 !unchanged(&prev, &now),
