@@ -874,6 +874,8 @@ fn agentctl_takes_credentials_from_the_aws_variables() {
             "-q",
             "restore",
             "latest",
+            "--host",
+            "env-node",
             "--target",
             target.to_str().unwrap(),
         ],
