@@ -404,6 +404,33 @@ fn restore_latest_is_this_hosts_latest_snapshot() {
     ]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("needs snapshot \"latest\""), "{r:?}");
+
+    // ls and diff read "latest" the same way.
+    let listed = |args: &[&str]| {
+        let mut all = vec!["ls"];
+        all.extend_from_slice(args);
+        ctl.ok(&all).stdout
+    };
+    let ls = listed(&["latest"]);
+    assert!(ls.contains(&*mine.to_string_lossy()), "{ls}");
+    assert!(!ls.contains(&*theirs.to_string_lossy()), "{ls}");
+    let ls = listed(&["latest", "--host", "node-b"]);
+    assert!(ls.contains(&*theirs.to_string_lossy()), "{ls}");
+    assert!(!ls.contains(&*mine.to_string_lossy()), "{ls}");
+    let diff = ctl
+        .ok(&["diff", &own[..8], "latest", "--host", "node-b"])
+        .stdout;
+    assert!(
+        diff.contains(&format!("+ {}", theirs.join("file").display())),
+        "{diff}"
+    );
+    assert!(
+        diff.contains(&format!("- {}", mine.join("file").display())),
+        "{diff}"
+    );
+    let r = ctl.run(&["ls", &own[..8], "--host", "node-b"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("needs snapshot \"latest\""), "{r:?}");
 }
 
 /// Exit status 2 is for a command line that cannot be parsed; a parsed command with an

@@ -166,6 +166,26 @@ state_dir = "/var/lib/hostagent"
             .filter(|n| n.contains("staging"))
             .collect()
     }
+
+    /// No staging directory is left beside the target.
+    fn assert_no_staging_left(&self) {
+        let left = self.staging_leftovers();
+        assert!(left.is_empty(), "staging left behind: {left:?}");
+    }
+
+    /// No record of stopped units is left: every unit the agent stopped was started again.
+    fn assert_no_stopped_units_on_record(&self) {
+        let record = self
+            .node
+            .root
+            .join("var/lib/hostagent")
+            .join(hostagent::node_restore::state::STATE_FILE);
+        assert!(
+            !record.exists(),
+            "stopped units still on record at {}",
+            record.display()
+        );
+    }
 }
 
 /// The restore's reads of file contents held at their first open of a data pack, as a slow
@@ -376,11 +396,7 @@ async fn agentd_restores_the_node_with_autofs_stopped_and_started_again() {
         expected,
         "the tree is back byte for byte, with owners, modes, xattrs and ACLs"
     );
-    assert!(
-        a.staging_leftovers().is_empty(),
-        "{:?}",
-        a.staging_leftovers()
-    );
+    a.assert_no_staging_left();
 
     let op = c
         .list_operations(api::ListOperationsRequest { limit: 1 })
@@ -409,14 +425,7 @@ async fn agentd_restores_the_node_with_autofs_stopped_and_started_again() {
         safety.tags.contains(&"pre-restore".to_string()),
         "{safety:#?}"
     );
-    assert!(
-        !a.node
-            .root
-            .join("var/lib/hostagent")
-            .join(hostagent::node_restore::state::STATE_FILE)
-            .exists(),
-        "no stopped units left on record"
-    );
+    a.assert_no_stopped_units_on_record();
 
     // A partial restore: only the chosen directory comes back.
     std::fs::write(a.onprem().join("etc/exports"), "wrong again\n").unwrap();
@@ -582,11 +591,7 @@ async fn a_restore_that_fails_midway_leaves_the_old_tree_and_restarts_units() {
         r.post_steps.is_empty(),
         "no post-restore step after a failed restore"
     );
-    assert!(
-        a.staging_leftovers().is_empty(),
-        "{:?}",
-        a.staging_leftovers()
-    );
+    a.assert_no_staging_left();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -671,19 +676,8 @@ async fn agentd_killed_mid_restore_starts_the_units_again_when_it_comes_back() {
         expected,
         "the tree had been swapped in before the kill"
     );
-    assert!(
-        a.staging_leftovers().is_empty(),
-        "{:?}",
-        a.staging_leftovers()
-    );
-    assert!(
-        !a.node
-            .root
-            .join("var/lib/hostagent")
-            .join(hostagent::node_restore::state::STATE_FILE)
-            .exists(),
-        "the stopped-units record is gone once they are started"
-    );
+    a.assert_no_staging_left();
+    a.assert_no_stopped_units_on_record();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -730,19 +724,8 @@ async fn canceling_mid_file_restore_keeps_the_old_tree_and_starts_the_units() {
     );
     assert_eq!(a.node.is_active("autofs.service"), "active");
     assert_eq!(tree_state(&a.onprem()), damaged, "the old tree is intact");
-    assert!(
-        a.staging_leftovers().is_empty(),
-        "{:?}",
-        a.staging_leftovers()
-    );
-    assert!(
-        !a.node
-            .root
-            .join("var/lib/hostagent")
-            .join(hostagent::node_restore::state::STATE_FILE)
-            .exists(),
-        "no stopped units left on record"
-    );
+    a.assert_no_staging_left();
+    a.assert_no_stopped_units_on_record();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -825,16 +808,6 @@ async fn agentd_killed_mid_file_restore_comes_back_with_the_old_tree_and_the_uni
         damaged,
         "killed before the swap: the old tree is intact"
     );
-    assert!(
-        a.staging_leftovers().is_empty(),
-        "{:?}",
-        a.staging_leftovers()
-    );
-    assert!(
-        !a.node
-            .root
-            .join("var/lib/hostagent")
-            .join(hostagent::node_restore::state::STATE_FILE)
-            .exists()
-    );
+    a.assert_no_staging_left();
+    a.assert_no_stopped_units_on_record();
 }

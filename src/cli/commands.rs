@@ -159,8 +159,9 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ls(a) => {
+            let host = latest_host(&[&a.snapshot], &a.host)?;
             let repo = open(g)?;
-            let snap = repo.resolve_snapshot(&a.snapshot)?;
+            let snap = repo.resolve_for_host(&a.snapshot, &host)?;
             let mut out = Vec::new();
             let start = a.path.clone().unwrap_or_else(|| PathBuf::from("/"));
             let (tree, prefix, single) = descend(&repo, &snap.snapshot.tree, &start)?;
@@ -202,9 +203,10 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff(a) => {
+            let host = latest_host(&[&a.from, &a.to], &a.host)?;
             let repo = open(g)?;
-            let from = repo.resolve_snapshot(&a.from)?;
-            let to = repo.resolve_snapshot(&a.to)?;
+            let from = repo.resolve_for_host(&a.from, &host)?;
+            let to = repo.resolve_for_host(&a.to, &host)?;
             let mut changes = Vec::new();
             diff_trees(
                 &repo,
@@ -246,7 +248,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
              --repo; on a repository directly, run `forget`, `prune` and `check`",
         )),
         Command::Restore(a) => {
-            let host = restore_host(a)?;
+            let host = latest_host(&[&a.snapshot], &a.host)?;
             let repo = open(g)?;
             let snap = repo.resolve_for_host(&a.snapshot, &host)?;
             let mut opts = RestoreOptions::new(&a.target);
@@ -304,11 +306,11 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
     }
 }
 
-/// Whose snapshots `latest` chooses from: --host, or this host. --host with a snapshot ID or
-/// name would be ignored, so it is refused.
-fn restore_host(a: &super::RestoreArgs) -> Result<String> {
-    match &a.host {
-        Some(h) if a.snapshot != "latest" => Err(Error::invalid(format!(
+/// Whose snapshots `latest` chooses from: --host, or this host. --host where no snapshot is
+/// given as "latest" would be ignored, so it is refused.
+fn latest_host(specs: &[&str], host: &Option<String>) -> Result<String> {
+    match host {
+        Some(h) if !specs.contains(&"latest") => Err(Error::invalid(format!(
             "--host {h} needs snapshot \"latest\": a snapshot ID or name already says whose \
              snapshot it is"
         ))),

@@ -250,8 +250,12 @@ pub struct SnapshotsArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Snapshot ID (or unique prefix), name, or "latest".
+    /// Snapshot ID (or unique prefix), name, or "latest": the latest snapshot of this host
+    /// (or of --host).
     pub snapshot: String,
+    /// With "latest": take the latest snapshot of this host instead of this one's.
+    #[arg(long)]
+    pub host: Option<String>,
     /// Only entries at or below this path of the snapshot.
     pub path: Option<PathBuf>,
     /// Show mode, owner, size and modification time.
@@ -261,8 +265,13 @@ pub struct LsArgs {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
+    /// Snapshot ID (or unique prefix), name, or "latest" (this host's, or --host's).
     pub from: String,
+    /// Snapshot ID (or unique prefix), name, or "latest" (this host's, or --host's).
     pub to: String,
+    /// Whose latest snapshot "latest" is, instead of this host's.
+    #[arg(long)]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Args)]

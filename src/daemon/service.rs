@@ -416,7 +416,8 @@ impl AgentApi for Service {
         }
         let snap = self
             .blocking(move |agent| {
-                let entry = agent.query(|repo| repo.resolve_snapshot(&spec))?;
+                let node = agent.node.clone();
+                let entry = agent.query(|repo| repo.resolve_for_host(&spec, &node))?;
                 Ok(convert::snapshot(&entry))
             })
             .await?;

@@ -151,17 +151,7 @@ async fn maintenance_forgets_expired_and_unkept_snapshots_prunes_and_the_rest_re
         .await
         .unwrap()
         .into_inner();
-    let mut stream = c
-        .watch_operation(api::WatchOperationRequest {
-            operation_id: op.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut seen = Vec::new();
-    while let Some(m) = stream.message().await.unwrap() {
-        seen.push(m);
-    }
+    let seen = watch_to_end(&mut c, &op.id).await;
     let done = seen.last().unwrap().clone();
     assert_eq!(phase(&done), api::Phase::Completed, "{done:#?}");
     let m = done.maintenance.clone().unwrap();
@@ -455,26 +445,10 @@ async fn the_maintenance_schedule_runs_by_itself_and_is_skipped_while_a_snapshot
     );
 
     // At the next minute the schedule finds agentd idle and runs.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let op = loop {
-        let ops = c
-            .list_operations(api::ListOperationsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .operations;
-        if let Some(op) = ops
-            .into_iter()
-            .find(|o| o.kind == api::OperationKind::Maintenance as i32)
-        {
-            break op;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the maintenance schedule never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let op = first_listed(&mut c, 90, "the maintenance schedule never ran", |o| {
+        o.kind == api::OperationKind::Maintenance as i32
+    })
+    .await;
     assert_eq!(
         (op.trigger.as_str(), op.schedule.as_str()),
         ("scheduled", "maintenance")

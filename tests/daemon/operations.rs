@@ -17,17 +17,7 @@ async fn snapshot_with_watched_progress_then_restore_and_delete() {
         .unwrap()
         .into_inner();
     assert!(op.id.starts_with("snapshot-"), "{}", op.id);
-    let mut stream = c
-        .watch_operation(api::WatchOperationRequest {
-            operation_id: op.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut seen = Vec::new();
-    while let Some(m) = stream.message().await.unwrap() {
-        seen.push(m);
-    }
+    let seen = watch_to_end(&mut c, &op.id).await;
     let last = seen.last().unwrap().clone();
     assert_eq!(phase(&last), api::Phase::Completed, "{last:#?}");
     // Progress never goes backwards; at the end done equals total.
@@ -74,6 +64,14 @@ async fn snapshot_with_watched_progress_then_restore_and_delete() {
         .into_inner();
     assert_eq!(described.id, last.snapshot_id);
     assert_eq!(described.stats.unwrap().files, 3);
+    let latest = c
+        .describe_snapshot(api::DescribeSnapshotRequest {
+            snapshot: "latest".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(latest.id, last.snapshot_id);
 
     // Restore it elsewhere and compare the bytes.
     let target = node.dir.path().join("restored");

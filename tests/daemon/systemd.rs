@@ -153,20 +153,10 @@ async fn a_schedule_takes_a_named_snapshot_with_its_ttl() {
         .into_inner();
     assert_eq!(st.schedules[0].name, "every-minute");
     // The schedule fires at the next minute boundary.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let op = loop {
-        let ops = c
-            .list_operations(api::ListOperationsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .operations;
-        if let Some(op) = ops.into_iter().find(|o| o.trigger == "scheduled") {
-            break op;
-        }
-        assert!(Instant::now() < deadline, "the schedule never fired");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let op = first_listed(&mut c, 90, "the schedule never fired", |o| {
+        o.trigger == "scheduled"
+    })
+    .await;
     assert_eq!(op.schedule, "every-minute");
     let done = wait_for(&mut c, &op.id, 120, is_terminal).await;
     assert_eq!(phase(&done), api::Phase::Completed, "{done:#?}");

@@ -263,6 +263,46 @@ pub async fn wait_for(
     }
 }
 
+/// Follows an operation with WatchOperation until the stream ends; every message, in order.
+pub async fn watch_to_end(c: &mut AgentClient<Channel>, id: &str) -> Vec<api::Operation> {
+    let mut stream = c
+        .watch_operation(api::WatchOperationRequest {
+            operation_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        seen.push(m);
+    }
+    seen
+}
+
+/// Polls ListOperations until an operation matching `pred` appears (or panics after `secs`,
+/// saying `what` never happened): how a test sees a schedule fire.
+pub async fn first_listed(
+    c: &mut AgentClient<Channel>,
+    secs: u64,
+    what: &str,
+    pred: impl Fn(&api::Operation) -> bool,
+) -> api::Operation {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let ops = c
+            .list_operations(api::ListOperationsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .operations;
+        if let Some(op) = ops.into_iter().find(&pred) {
+            return op;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 pub fn phase(op: &api::Operation) -> api::Phase {
     api::Phase::try_from(op.phase).unwrap()
 }
