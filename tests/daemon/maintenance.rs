@@ -6,7 +6,7 @@ use super::support::*;
 use hostagent::api;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::Code;
 
 /// Every pack file of a local repository, path to size.
