@@ -120,10 +120,13 @@ group = "users"
         d
     }
 
+    /// Waits until agentd serves: a connection is not enough (it may sit in the backlog of a
+    /// daemon still starting, or that is about to fail), so this waits for the server's
+    /// HTTP/2 SETTINGS frame in answer to a client preface.
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            if serves_http2(&self.socket) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -156,6 +159,20 @@ group = "users"
             "[[hooks.pre_snapshot]]\nargv = [\"/bin/sleep\", \"{seconds}\"]\ntimeout = \"5m\"\n"
         ));
     }
+}
+
+/// Whether an HTTP/2 server answers on `socket`: the client preface and an empty SETTINGS
+/// frame out, a SETTINGS frame (type 4) back.
+fn serves_http2(socket: &Path) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let mut frame = [0u8; 9];
+    s.write_all(&hello).is_ok() && s.read_exact(&mut frame).is_ok() && frame[3] == 4
 }
 
 pub async fn client(socket: &Path) -> AgentClient<Channel> {
@@ -203,6 +220,18 @@ impl Daemon {
                 panic!("agentd did not stop within 60s of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A failed test shows what agentd logged: its log file goes with the temporary directory.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- agentd's log ---\n{}--- end of agentd's log ---",
+                self.log_text()
+            );
         }
     }
 }

@@ -27,16 +27,22 @@ pub fn writers_and_prunes(store: Arc<dyn ObjectStore>, writers: usize, rounds: u
     let work = tempfile::tempdir().unwrap();
     let taken: Mutex<Vec<Taken>> = Mutex::new(Vec::new());
     let done = AtomicBool::new(false);
+    // Writers go on past `rounds` (up to four times as many) until a prune has deleted
+    // something while they run: on a loaded machine the prunes may lag behind the writers.
+    let deleted_any = AtomicBool::new(false);
     let prune_reports = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         let mut handles = Vec::new();
         for w in 0..writers {
             let (store, taken, work) = (store.clone(), &taken, work.path());
+            let deleted_any = &deleted_any;
             handles.push(s.spawn(move || {
                 let mut repo = open(store);
                 let src = work.join(format!("w{w}"));
                 let mut mine: Vec<usize> = Vec::new();
-                for i in 0..rounds {
+                let more =
+                    |i: u64| i < rounds || (i < 4 * rounds && !deleted_any.load(Ordering::SeqCst));
+                for i in (0..).take_while(|&i| more(i)) {
                     // Content that comes back after it became garbage (i % 3), content of
                     // its own, and content every writer shares.
                     let files: Files = [
@@ -70,6 +76,7 @@ pub fn writers_and_prunes(store: Arc<dyn ObjectStore>, writers: usize, rounds: u
         }
         let pruner = {
             let (store, done, reports) = (store.clone(), &done, &prune_reports);
+            let deleted_any = &deleted_any;
             s.spawn(move || {
                 let mut repo = open(store);
                 while !done.load(Ordering::SeqCst) {
@@ -81,6 +88,9 @@ pub fn writers_and_prunes(store: Arc<dyn ObjectStore>, writers: usize, rounds: u
                         },
                     )
                     .unwrap();
+                    if r.deleted_packs > 0 {
+                        deleted_any.store(true, Ordering::SeqCst);
+                    }
                     reports.lock().unwrap().push(r);
                 }
             })
