@@ -27,6 +27,32 @@ pub use id::Id;
 pub use index::Index;
 pub use keys::{KdfParams, KeySlot};
 pub use pack::{BlobDecoder, BlobKind, PackRecord};
+
+/// What one thread reuses from one blob read to the next: a zstd context, and buffers for
+/// the stored and the decoded bytes. A restore reads tens of thousands of blobs of up to
+/// 4 MiB; fresh buffers of that size are fresh mappings, every page of them faulted in and
+/// zeroed by the kernel each time.
+pub struct BlobBuffers {
+    decoder: BlobDecoder,
+    stored: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+impl BlobBuffers {
+    pub fn new() -> BlobBuffers {
+        BlobBuffers {
+            decoder: BlobDecoder::new(),
+            stored: Vec::new(),
+            plain: Vec::new(),
+        }
+    }
+}
+
+impl Default for BlobBuffers {
+    fn default() -> BlobBuffers {
+        BlobBuffers::new()
+    }
+}
 pub use snapshot::{Snapshot, SnapshotEntry, SnapshotStatus};
 pub use tree::{Node, NodeKind, Tree};
 
@@ -298,13 +324,14 @@ impl Repository {
         self.spool_dir = dir;
     }
 
-    /// Reads, decrypts, decompresses and verifies one blob against its ID.
-    pub fn read_blob(
+    /// Reads, decrypts, decompresses and verifies one blob against its ID; the plaintext is
+    /// in `bufs` until the next read.
+    pub fn read_blob<'b>(
         &self,
         id: &Id,
         raw_len: Option<usize>,
-        decoder: &mut BlobDecoder,
-    ) -> Result<Vec<u8>> {
+        bufs: &'b mut BlobBuffers,
+    ) -> Result<&'b [u8]> {
         let index = self.index();
         let loc = index.locate(id).ok_or_else(|| {
             Error::not_found(format!(
@@ -316,11 +343,14 @@ impl Repository {
         let (offset, len) = (loc.offset as u64, loc.stored_len as u64);
         // Trees are read on every listing and incremental backup: let a cache keep them.
         let read = if loc.pack.kind == BlobKind::Tree {
-            self.store.get_range_cacheable(&key, offset, len)
+            self.store
+                .get_range_cacheable(&key, offset, len)
+                .map(|data| bufs.stored = data)
         } else {
-            self.store.get_range(&key, offset, len)
+            self.store
+                .get_range_into(&key, offset, len, &mut bufs.stored)
         };
-        let mut buf = read.map_err(|e| {
+        read.map_err(|e| {
             let what = if e.kind == StoreErrorKind::NotFound {
                 format!("pack {} is missing", loc.pack.id.short())
             } else {
@@ -328,7 +358,7 @@ impl Repository {
             };
             Error::from(e).context(what)
         })?;
-        if buf.len() != loc.stored_len as usize {
+        if bufs.stored.len() != loc.stored_len as usize {
             return Err(Error::corrupt(format!(
                 "pack {} is truncated (blob {} cut short)",
                 loc.pack.id.short(),
@@ -339,10 +369,15 @@ impl Repository {
             loc.offset as u64,
             id,
             loc.pack.kind as u8,
-            &mut buf,
+            &mut bufs.stored,
         )?;
-        let plain = decoder.decode(buf, raw_len)?;
-        if self.keys.blob_id(&plain) != *id {
+        let BlobBuffers {
+            decoder,
+            stored,
+            plain,
+        } = bufs;
+        let plain = decoder.decode_into(stored, raw_len, plain)?;
+        if self.keys.blob_id(plain) != *id {
             return Err(Error::corrupt(format!(
                 "blob {} in pack {} does not match its ID",
                 id.short(),
@@ -353,15 +388,17 @@ impl Repository {
     }
 
     pub fn read_tree(&self, id: &Id) -> Result<Tree> {
-        // One zstd context per thread: creating one costs more than decoding a small tree
-        // (it probes the CPU with `cpuid`, which traps in a virtual machine), and walks and
-        // restores read one tree per directory.
+        // Buffers and a zstd context per thread: creating a context costs more than decoding
+        // a small tree (it probes the CPU with `cpuid`, which traps in a virtual machine), and
+        // walks and restores read one tree per directory.
         thread_local! {
-            static DECODER: std::cell::RefCell<BlobDecoder> =
-                std::cell::RefCell::new(BlobDecoder::new());
+            static BUFFERS: std::cell::RefCell<BlobBuffers> =
+                std::cell::RefCell::new(BlobBuffers::new());
         }
-        let bytes = DECODER.with_borrow_mut(|d| self.read_blob(id, None, d))?;
-        Tree::decode(&bytes).map_err(|e| e.context(format!("tree {}", id.short())))
+        BUFFERS.with_borrow_mut(|bufs| {
+            let bytes = self.read_blob(id, None, bufs)?;
+            Tree::decode(bytes).map_err(|e| e.context(format!("tree {}", id.short())))
+        })
     }
 
     /// Uploads a finished pack from its spool file (consumed). The blobs of a tree pack are

@@ -91,22 +91,30 @@ impl BlobDecoder {
         }
     }
 
-    /// `raw_len` is the expected plaintext length when the caller knows it (file chunks);
-    /// otherwise the zstd frame's own size field bounds the output.
-    pub fn decode(&mut self, mut encoded: Vec<u8>, raw_len: Option<usize>) -> Result<Vec<u8>> {
-        let plain = match encoded.pop() {
+    /// Decodes `encoded` (which it may consume) and returns the plaintext: a slice of
+    /// `encoded` itself for a raw blob, of `out` for a compressed one. Both buffers keep their
+    /// capacity for the next blob. `raw_len` is the expected plaintext length when the caller
+    /// knows it (file chunks); otherwise the zstd frame's own size field bounds the output.
+    pub fn decode_into<'a>(
+        &mut self,
+        encoded: &'a mut Vec<u8>,
+        raw_len: Option<usize>,
+        out: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        let plain: &[u8] = match encoded.pop() {
             Some(ENCODING_RAW) => encoded,
             Some(ENCODING_ZSTD) => {
                 let cap = match raw_len {
                     Some(n) => n,
-                    None => match zstd::zstd_safe::get_frame_content_size(&encoded) {
+                    None => match zstd::zstd_safe::get_frame_content_size(encoded) {
                         Ok(Some(n)) if n <= MAX_BLOB_LEN as u64 => n as usize,
                         _ => return Err(Error::corrupt("blob has no usable zstd frame size")),
                     },
                 };
-                let mut out = Vec::with_capacity(cap);
+                out.clear();
+                out.reserve(cap);
                 self.zstd
-                    .decompress_to_buffer(&encoded, &mut out)
+                    .decompress_to_buffer(encoded.as_slice(), out)
                     .map_err(|e| Error::corrupt(format!("blob does not decompress: {e}")))?;
                 out
             }
@@ -119,6 +127,14 @@ impl BlobDecoder {
             ))),
             _ => Ok(plain),
         }
+    }
+
+    /// [`decode_into`](Self::decode_into) for a caller that wants the plaintext to keep.
+    pub fn decode(&mut self, mut encoded: Vec<u8>, raw_len: Option<usize>) -> Result<Vec<u8>> {
+        let raw = encoded.last() == Some(&ENCODING_RAW);
+        let mut out = Vec::new();
+        self.decode_into(&mut encoded, raw_len, &mut out)?;
+        Ok(if raw { encoded } else { out })
     }
 }
 

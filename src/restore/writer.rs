@@ -6,7 +6,7 @@ use super::Errors;
 use super::fsops;
 use crate::progress::Progress;
 use crate::repo::tree::{Extent, Node};
-use crate::repo::{BlobDecoder, Repository};
+use crate::repo::{BlobBuffers, Repository};
 use crossbeam_channel::Receiver;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
@@ -99,7 +99,7 @@ pub(super) struct Piece {
 
 /// Returns (files restored, bytes written).
 pub(super) fn run(ctx: &Context<'_>, pieces: Receiver<Piece>) -> (u64, u64) {
-    let mut decoder = BlobDecoder::new();
+    let mut bufs = BlobBuffers::new();
     let (mut files, mut bytes) = (0u64, 0u64);
     for piece in pieces {
         let state = &piece.file;
@@ -109,7 +109,7 @@ pub(super) fn run(ctx: &Context<'_>, pieces: Receiver<Piece>) -> (u64, u64) {
             match open_file(state) {
                 Ok(open) => {
                     if let Err(msg) =
-                        write_piece(ctx, &open.file, &piece.extents, &mut decoder, &mut bytes)
+                        write_piece(ctx, &open.file, &piece.extents, &mut bufs, &mut bytes)
                     {
                         state.fail(msg);
                     }
@@ -178,16 +178,16 @@ fn write_piece(
     ctx: &Context<'_>,
     file: &File,
     extents: &[(u64, Extent)],
-    decoder: &mut BlobDecoder,
+    bufs: &mut BlobBuffers,
     bytes: &mut u64,
 ) -> Result<(), String> {
     for (offset, extent) in extents {
         if let Extent::Data { id, len } = extent {
             let data = ctx
                 .repo
-                .read_blob(id, Some(*len as usize), decoder)
+                .read_blob(id, Some(*len as usize), bufs)
                 .map_err(|e| e.to_string())?;
-            file.write_all_at(&data, *offset)
+            file.write_all_at(data, *offset)
                 .map_err(|e| crate::error::Error::io("cannot write", e).to_string())?;
             *bytes += data.len() as u64;
             Progress::add(&ctx.progress.bytes_done, data.len() as u64);

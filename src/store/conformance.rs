@@ -50,6 +50,20 @@ pub fn ranged_reads(store: &dyn ObjectStore) {
         &data[9990..],
         "a range past the end is cut short"
     );
+    // Into a reused buffer: what it held before is gone, whether longer or shorter.
+    let mut buf = vec![0xAA; 20_000];
+    store
+        .get_range_into("conf/range", 100, 50, &mut buf)
+        .unwrap();
+    assert_eq!(buf, &data[100..150]);
+    store
+        .get_range_into("conf/range", 9000, 4000, &mut buf)
+        .unwrap();
+    assert_eq!(buf, &data[9000..], "a range past the end is cut short");
+    let err = store
+        .get_range_into("conf/missing", 0, 4, &mut buf)
+        .expect_err("a missing object must be an error");
+    assert_eq!(err.kind, StoreErrorKind::NotFound, "{err}");
 }
 
 pub fn idempotent_put_and_delete(store: &dyn ObjectStore) {

@@ -8,7 +8,7 @@
 use super::{ObjectInfo, ObjectStore, StoreError, StoreErrorKind, StoreResult};
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -107,6 +107,18 @@ impl ObjectStore for LocalStore {
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> StoreResult<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.get_range_into(key, offset, len, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn get_range_into(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> StoreResult<()> {
         let io = |e: std::io::Error| StoreError::from_io(key, &e);
         self.path(key)?;
         let f = self.open_object(key).map_err(io)?;
@@ -117,18 +129,7 @@ impl ObjectStore for LocalStore {
         } else {
             len
         };
-        let mut buf = vec![0; len as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match f.read_at(&mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io(e)),
-            }
-        }
-        buf.truncate(filled);
-        Ok(buf)
+        read_at_into(&f, offset, len as usize, buf).map_err(io)
     }
 
     fn put(&self, key: &str, data: &[u8]) -> StoreResult<()> {
@@ -235,4 +236,40 @@ impl ObjectStore for LocalStore {
     fn location(&self) -> String {
         self.root.display().to_string()
     }
+}
+
+/// Reads up to `len` bytes from `offset` into `buf` (replacing its contents), stopping early
+/// at the end of the file. The bytes land in `buf`'s spare capacity directly: zeroing a
+/// reused megabyte buffer before every read would cost as much as the copy itself.
+fn read_at_into(f: &File, offset: u64, len: usize, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.clear();
+    buf.reserve(len);
+    while buf.len() < len {
+        let filled = buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..len - filled];
+        let at = offset + filled as u64;
+        // SAFETY: pread writes at most `spare.len()` bytes into `spare`, memory `buf` owns.
+        let n = unsafe {
+            libc::pread(
+                f.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                at as libc::off_t,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => {
+                // SAFETY: the kernel initialised the `n` bytes after `filled`.
+                unsafe { buf.set_len(filled + n as usize) };
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }

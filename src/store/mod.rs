@@ -121,6 +121,19 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// `len` bytes from `offset`; fewer if the object ends first.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> StoreResult<Vec<u8>>;
 
+    /// Like [`get_range`](Self::get_range), into `buf` (replacing what it held), so that a
+    /// caller reading many ranges can reuse one buffer. The default allocates anew.
+    fn get_range_into(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> StoreResult<()> {
+        *buf = self.get_range(key, offset, len)?;
+        Ok(())
+    }
+
     /// Like [`get_range`](Self::get_range), for data the engine reads again and again (tree
     /// blobs): a caching wrapper may keep it locally. The bytes are the same.
     fn get_range_cacheable(&self, key: &str, offset: u64, len: u64) -> StoreResult<Vec<u8>> {
@@ -177,6 +190,15 @@ impl<T: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<T> {
     }
     fn get_range(&self, key: &str, offset: u64, len: u64) -> StoreResult<Vec<u8>> {
         (**self).get_range(key, offset, len)
+    }
+    fn get_range_into(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> StoreResult<()> {
+        (**self).get_range_into(key, offset, len, buf)
     }
     fn get_range_cacheable(&self, key: &str, offset: u64, len: u64) -> StoreResult<Vec<u8>> {
         (**self).get_range_cacheable(key, offset, len)
