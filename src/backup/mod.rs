@@ -198,6 +198,7 @@ pub(crate) struct Shared<'a> {
     errors: Mutex<Vec<FileError>>,
     failure: Mutex<Option<Error>>,
     abort: AtomicBool,
+    buffers: packer::Recycler,
 }
 
 #[derive(Default)]
@@ -328,6 +329,7 @@ fn backup_on_this_thread(repo: &Repository, opts: &BackupOptions) -> Result<Back
         None => None,
     };
 
+    let threads = thread_count(opts.threads);
     let shared = Shared {
         repo,
         index: repo.index(),
@@ -337,8 +339,9 @@ fn backup_on_this_thread(repo: &Repository, opts: &BackupOptions) -> Result<Back
         errors: Mutex::new(Vec::new()),
         failure: Mutex::new(None),
         abort: AtomicBool::new(false),
+        // One spare buffer per reader: enough that a reader rarely finds none.
+        buffers: packer::Recycler::new(threads, 2 * repo.config().chunker.avg_size as usize),
     };
-    let threads = thread_count(opts.threads);
     let (root, (mut indexed, unindexed)) =
         run_pipeline(&shared, &paths, parent_tree.as_ref(), opts, threads);
 

@@ -13,6 +13,43 @@ use std::path::PathBuf;
 
 pub const CHECKPOINT_PACKS: usize = 16;
 
+/// Chunk buffers on their way back from the packers to the readers.
+///
+/// A new chunk is copied out of its reader's window so the window can move on; a fresh
+/// buffer for each megabyte-sized chunk would be a fresh mapping (the allocator maps blocks
+/// this large on their own, `src/memory.rs`), every page of it faulted in and zeroed by the
+/// kernel, then unmapped. Recycled, a few buffers serve the whole backup.
+///
+/// Kept buffers are memory held while idle, so the pool is small and keeps no buffer above
+/// `max_kept` bytes (chunks above twice the average are rare): a buffer given back to a full
+/// pool, or a large one, is freed.
+pub(super) struct Recycler {
+    tx: Sender<Vec<u8>>,
+    rx: Receiver<Vec<u8>>,
+    max_kept: usize,
+}
+
+impl Recycler {
+    pub fn new(capacity: usize, max_kept: usize) -> Recycler {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        Recycler { tx, rx, max_kept }
+    }
+
+    /// A copy of `data` in a recycled buffer when one is free.
+    pub fn copy(&self, data: &[u8]) -> Vec<u8> {
+        let mut buf = self.rx.try_recv().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        buf
+    }
+
+    pub fn give_back(&self, buf: Vec<u8>) {
+        if buf.capacity() <= self.max_kept {
+            let _ = self.tx.try_send(buf);
+        }
+    }
+}
+
 pub(super) struct NewBlob {
     pub id: Id,
     pub data: Vec<u8>,
@@ -110,6 +147,7 @@ pub(super) fn run(shared: &Shared<'_>, blobs: Receiver<NewBlob>, out: Sender<Fin
     };
     for blob in blobs {
         packer.add(blob.id, &blob.data);
+        shared.buffers.give_back(blob.data);
     }
     packer.finish();
 }

@@ -260,7 +260,7 @@ fn emit_chunk(
         bump(&shared.stats.data_blobs_new, 1);
         let _ = blobs.send(NewBlob {
             id,
-            data: data.to_vec(),
+            data: shared.buffers.copy(data),
         });
     }
 }

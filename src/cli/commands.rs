@@ -63,7 +63,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             }
             // The tree is listed while the password unlocks the repository.
             opts.prescan = Some(Arc::new(crate::backup::Prescan::start(&opts)));
-            let mut repo = open(g)?;
+            let mut repo = open_unindexed(g)?;
             let bar = Bar::start(opts.progress.clone(), "snapshot", !g.quiet && !g.json);
             let report = crate::maintenance::backup(&mut repo, &opts);
             drop(bar);
@@ -320,9 +320,16 @@ fn latest_host(specs: &[&str], host: &Option<String>) -> Result<String> {
 }
 
 pub(super) fn open(g: &super::Global) -> Result<Repository> {
+    let repo = open_unindexed(g)?;
+    repo.reload_index()?;
+    Ok(repo)
+}
+
+/// [`open`] without loading the index, for a backup: its write session loads it.
+fn open_unindexed(g: &super::Global) -> Result<Repository> {
     let store = access::store(g)?;
     let (password, source) = access::password(g, false)?;
-    Repository::open(store, &password).map_err(|e| {
+    Repository::open_unindexed(store, &password).map_err(|e| {
         if e.kind() == crate::error::Kind::WrongPassword {
             e.context(format!("password from {source}"))
         } else {

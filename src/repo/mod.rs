@@ -157,11 +157,22 @@ impl Repository {
         store
             .put(config::CONFIG_KEY, &config.to_bytes())
             .map_err(|e| store_err(e, "cannot write the repository config"))?;
-        Self::assemble(store, config, keys)
+        // A new repository has no index files to load.
+        Ok(Self::assemble(store, config, keys))
     }
 
     /// Opens a repository with a password and loads its index.
     pub fn open(store: Arc<dyn ObjectStore>, password: &[u8]) -> Result<Repository> {
+        let repo = Self::open_unindexed(store, password)?;
+        repo.reload_index()?;
+        Ok(repo)
+    }
+
+    /// Opens a repository with a password, its index left empty: for a writer, whose
+    /// [`WriteSession`](crate::maintenance::WriteSession) loads the index itself after
+    /// writing its marker (the order garbage collection relies on), so that the index is
+    /// not read twice. Nothing may read blobs before the index is loaded.
+    pub fn open_unindexed(store: Arc<dyn ObjectStore>, password: &[u8]) -> Result<Repository> {
         let location = store.location();
         let config = match store.get(config::CONFIG_KEY) {
             Ok(bytes) => Config::parse(&bytes, &location)?,
@@ -197,20 +208,21 @@ impl Repository {
                 ),
             ));
         };
-        Self::assemble(store, config, keys)
+        Ok(Self::assemble(store, config, keys))
     }
 
-    fn assemble(store: Arc<dyn ObjectStore>, config: Config, keys: Keys) -> Result<Repository> {
+    fn assemble(store: Arc<dyn ObjectStore>, config: Config, keys: Keys) -> Repository {
         let spool_dir = store.spool_dir().unwrap_or_else(std::env::temp_dir);
-        let repo = Repository {
+        // Empty until loaded, but usable: a new repository has nothing more.
+        let mut index = Index::new();
+        index.finalize();
+        Repository {
             store,
             config,
             keys,
-            index: RwLock::new(Arc::new(Index::new())),
+            index: RwLock::new(Arc::new(index)),
             spool_dir,
-        };
-        repo.reload_index()?;
-        Ok(repo)
+        }
     }
 
     /// Reads every index file again (after other writers added some). Files are fetched and
