@@ -23,6 +23,17 @@ pub(super) struct FileJob {
     pub slot: Arc<Slot>,
 }
 
+/// A job never read (left in the queue when the readers stopped, or dropped by a reader that
+/// panicked) fails its file: the tree builder waits on every slot, and an empty one would
+/// hang the backup instead of letting the failure surface.
+impl Drop for FileJob {
+    fn drop(&mut self) {
+        self.slot.set_if_empty(FileOutcome::Failed(
+            "the backup stopped before this file was read".into(),
+        ));
+    }
+}
+
 /// What reading a file produced.
 #[derive(Debug, Clone)]
 pub(super) enum FileOutcome {
@@ -44,6 +55,14 @@ impl Slot {
     pub fn set(&self, v: FileOutcome) {
         *self.value.lock().unwrap() = Some(v);
         self.ready.notify_all();
+    }
+
+    fn set_if_empty(&self, v: FileOutcome) {
+        let mut g = self.value.lock().unwrap();
+        if g.is_none() {
+            *g = Some(v);
+            self.ready.notify_all();
+        }
     }
 
     pub fn wait(&self) -> FileOutcome {
