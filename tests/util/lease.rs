@@ -41,15 +41,25 @@ impl LeaseTrap {
             .open(path)
             .unwrap();
         let fd = file.as_raw_fd();
-        // SAFETY: fcntl on a descriptor we own.
-        let rc = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) };
-        assert_eq!(
-            rc,
-            0,
-            "cannot take a write lease on {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
+        // A write lease is refused (EAGAIN) while any other descriptor of the file is open.
+        // Tests of this process run side by side, and a child another test forks holds a copy
+        // of every descriptor until it execs (close-on-exec closes them only then): one made
+        // while this file was being written keeps it open for a moment. Wait that out.
+        let refused_until = Instant::now() + Duration::from_secs(10);
+        loop {
+            // SAFETY: fcntl on a descriptor we own.
+            let rc = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) };
+            let err = std::io::Error::last_os_error();
+            if rc == 0 {
+                break;
+            }
+            assert!(
+                err.raw_os_error() == Some(libc::EAGAIN) && Instant::now() < refused_until,
+                "cannot take a write lease on {}: {err}",
+                path.display(),
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let give_up = Arc::new(AtomicBool::new(false));
         let stop = give_up.clone();
         let handle = std::thread::spawn(move || {
