@@ -287,7 +287,7 @@ fn take_snapshot(
 ) -> Result<(String, backup::BackupReport)> {
     let id = &rec.id;
     agent.ops.set_step(id, "opening repository");
-    let mut repo = agent.open_repository()?;
+    let mut repo = agent.open_repository_unindexed()?;
     progress.check_cancelled()?;
     let cfg = &agent.config.backup;
     let name = snapshot_name(&agent.node, rec.trigger, &repo)?;
