@@ -89,22 +89,17 @@ impl Agent {
 
     /// Opens the repository with the configured password (blocking: run it off the runtime).
     pub fn open_repository(&self) -> Result<Repository> {
-        self.open_with(Repository::open)
+        let repo = self.open_repository_unindexed()?;
+        repo.reload_index()?;
+        Ok(repo)
     }
 
     /// [`open_repository`](Self::open_repository) without loading the index, for a backup:
     /// its write session loads it ([`Repository::open_unindexed`]).
     pub fn open_repository_unindexed(&self) -> Result<Repository> {
-        self.open_with(Repository::open_unindexed)
-    }
-
-    fn open_with(
-        &self,
-        open: fn(Arc<dyn crate::store::ObjectStore>, &[u8]) -> Result<Repository>,
-    ) -> Result<Repository> {
         let path = self.config.repository.password_path()?;
         let password = read_password(&path)?;
-        open(self.store()?, &password).map_err(|e| {
+        Repository::open_unindexed(self.store()?, &password).map_err(|e| {
             if e.kind() == Kind::WrongPassword {
                 e.context(format!("password from {}", path.display()))
             } else {

@@ -26,33 +26,8 @@ pub use crypto::Keys;
 pub use id::Id;
 pub use index::Index;
 pub use keys::{KdfParams, KeySlot};
-pub use pack::{BlobDecoder, BlobKind, PackRecord};
+pub use pack::{BlobBuffers, BlobDecoder, BlobKind, PackRecord};
 
-/// What one thread reuses from one blob read to the next: a zstd context, and buffers for
-/// the stored and the decoded bytes. A restore reads tens of thousands of blobs of up to
-/// 4 MiB; fresh buffers of that size are fresh mappings, every page of them faulted in and
-/// zeroed by the kernel each time.
-pub struct BlobBuffers {
-    decoder: BlobDecoder,
-    stored: Vec<u8>,
-    plain: Vec<u8>,
-}
-
-impl BlobBuffers {
-    pub fn new() -> BlobBuffers {
-        BlobBuffers {
-            decoder: BlobDecoder::new(),
-            stored: Vec::new(),
-            plain: Vec::new(),
-        }
-    }
-}
-
-impl Default for BlobBuffers {
-    fn default() -> BlobBuffers {
-        BlobBuffers::new()
-    }
-}
 pub use snapshot::{Snapshot, SnapshotEntry, SnapshotStatus};
 pub use tree::{Node, NodeKind, Tree};
 
@@ -383,12 +358,7 @@ impl Repository {
             loc.pack.kind as u8,
             &mut bufs.stored,
         )?;
-        let BlobBuffers {
-            decoder,
-            stored,
-            plain,
-        } = bufs;
-        let plain = decoder.decode_into(stored, raw_len, plain)?;
+        let plain = bufs.decode(raw_len)?;
         if self.keys.blob_id(plain) != *id {
             return Err(Error::corrupt(format!(
                 "blob {} in pack {} does not match its ID",
@@ -405,7 +375,7 @@ impl Repository {
         // walks and restores read one tree per directory.
         thread_local! {
             static BUFFERS: std::cell::RefCell<BlobBuffers> =
-                std::cell::RefCell::new(BlobBuffers::new());
+                std::cell::RefCell::new(BlobBuffers::default());
         }
         BUFFERS.with_borrow_mut(|bufs| {
             let bytes = self.read_blob(id, None, bufs)?;

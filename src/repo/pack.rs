@@ -144,6 +144,26 @@ impl Default for BlobDecoder {
     }
 }
 
+/// What one thread reuses from one blob read to the next: a zstd context, and buffers for
+/// the stored and the decoded bytes. A restore reads tens of thousands of blobs of up to
+/// 4 MiB; fresh buffers of that size are fresh mappings, every page of them faulted in and
+/// zeroed by the kernel each time.
+#[derive(Default)]
+pub struct BlobBuffers {
+    decoder: BlobDecoder,
+    /// The blob as read and decrypted, its encoding byte last: filled by the reader.
+    pub(crate) stored: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+impl BlobBuffers {
+    /// Decodes what `stored` holds; see [`BlobDecoder::decode_into`].
+    pub(crate) fn decode(&mut self, raw_len: Option<usize>) -> Result<&[u8]> {
+        self.decoder
+            .decode_into(&mut self.stored, raw_len, &mut self.plain)
+    }
+}
+
 /// One blob as listed in a pack header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderEntry {

@@ -99,7 +99,7 @@ pub(super) struct Piece {
 
 /// Returns (files restored, bytes written).
 pub(super) fn run(ctx: &Context<'_>, pieces: Receiver<Piece>) -> (u64, u64) {
-    let mut bufs = BlobBuffers::new();
+    let mut bufs = BlobBuffers::default();
     let (mut files, mut bytes) = (0u64, 0u64);
     for piece in pieces {
         let state = &piece.file;
