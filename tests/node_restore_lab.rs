@@ -206,6 +206,56 @@ fn a_restore_that_fails_midway_leaves_the_old_tree_and_restarts_units() {
 }
 
 #[test]
+fn a_unit_that_dies_right_after_its_start_is_retried_then_reported() {
+    let node = Node::start("ha-dies");
+    let tmp = tempfile::tempdir().unwrap();
+    populate(&node.onprem());
+    // A service that runs unless the tree holds a marker: the snapshot has the marker, the
+    // live tree not, so the service runs before the restore and dies right after its start.
+    std::fs::write(
+        node.root.join("etc/systemd/system/picky.service"),
+        "[Service]\nExecStart=/bin/sh -c '[ ! -e /var/onprem/refuse ] && exec sleep infinity'\n",
+    )
+    .unwrap();
+    std::fs::write(node.onprem().join("refuse"), "").unwrap();
+    let (mut repo, _) = repo_for(tmp.path());
+    let snap = snapshot(&repo, &node.onprem());
+    std::fs::remove_file(node.onprem().join("refuse")).unwrap();
+    assert!(node.exec(&["systemctl", "daemon-reload"]).0);
+    assert!(node.exec(&["systemctl", "start", "picky.service"]).0);
+    assert_eq!(node.is_active("picky.service"), "active");
+    let mut opts = options(&node, tmp.path(), &snap.to_hex());
+    opts.units = vec!["picky.service".into(), "autofs.service".into()];
+    opts.safety_snapshot = false;
+
+    let failure = node_restore::run(&mut repo, &node.systemd(), &opts).unwrap_err();
+
+    assert_eq!(failure.reason, "picky.service start failed");
+    let message = failure.error.to_string();
+    assert!(
+        message.contains("started, then stopped at once (now failed)")
+            && message.contains("3 attempts")
+            && message.contains("journalctl -u picky.service"),
+        "{message}"
+    );
+    assert_eq!(failure.report.started_units, vec!["autofs.service"]);
+    assert_eq!(node.is_active("autofs.service"), "active");
+    assert_eq!(node.is_active("picky.service"), "failed");
+    let journal = node
+        .exec(&["journalctl", "--no-pager", "-u", "picky.service"])
+        .1;
+    assert_eq!(
+        journal.matches("Main process exited").count(),
+        3,
+        "three start attempts:\n{journal}"
+    );
+    assert!(
+        node.onprem().join("refuse").exists(),
+        "the tree was restored"
+    );
+}
+
+#[test]
 fn a_failing_exports_step_is_reported_as_that_step() {
     let node = Node::start("ha-exports");
     let tmp = tempfile::tempdir().unwrap();

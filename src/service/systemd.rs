@@ -3,6 +3,12 @@
 //! To wait for a job without a race, we subscribe to the manager's signals and open the
 //! JobRemoved stream *before* asking for the job, then wait for the signal carrying our job's
 //! path and read its result ("done", "failed", "canceled", "timeout", "dependency", ...).
+//!
+//! A start job that is "done" does not prove the unit runs: for `Type=simple` the job ends at
+//! the fork, and a process that dies at once (a bad `ExecStart`, a cgroup it cannot join)
+//! turns the unit "failed" a moment later. So a start is checked again after a short settle
+//! time, and a start that did not hold is tried again: a node restore promises its caller that
+//! the units it stopped run again, and one transient failure must not break that promise.
 
 use super::UnitControl;
 use crate::error::{Error, Kind, Result};
@@ -49,6 +55,13 @@ pub struct Systemd {
     conn: zbus::blocking::Connection,
 }
 
+/// How long a started unit must stay up before its start counts.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Start attempts before a unit that does not stay up is reported.
+const START_ATTEMPTS: u32 = 3;
+/// The pause between two start attempts (systemd's own default `RestartSec`).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 fn dbus_err(what: String, e: zbus::Error) -> Error {
     Error::new(Kind::Unavailable, format!("{what}: {e}"))
 }
@@ -88,8 +101,9 @@ impl Systemd {
             .map_err(|e| dbus_err(format!("cannot read the state of {unit}"), e))
     }
 
-    /// Runs a start or stop job and waits for its result.
-    fn job(&self, unit: &str, verb: &str, timeout: Duration) -> Result<()> {
+    /// Runs a start or stop job and waits for its result ("done", "failed", ...); an error if
+    /// the job cannot be asked for or gives no result in time.
+    fn job(&self, unit: &str, verb: &str, timeout: Duration) -> Result<String> {
         let manager = self.manager()?;
         match manager.subscribe() {
             Ok(()) => {}
@@ -124,37 +138,67 @@ impl Systemd {
                 }
             }
         });
-        match rx.recv_timeout(timeout) {
-            Ok(result) if result == "done" => Ok(()),
-            Ok(result) => Err(Error::new(
-                Kind::Unit,
-                format!("{unit} {verb} failed: job result {result:?}"),
-            )),
-            Err(_) => Err(Error::new(
+        rx.recv_timeout(timeout).map_err(|_| {
+            Error::new(
                 Kind::Unit,
                 format!(
                     "{unit} {verb} failed: no result within {}s",
                     timeout.as_secs()
                 ),
-            )),
-        }
+            )
+        })
     }
+
+    /// One start: Ok(None) if the unit started and stayed up, Ok(Some(why)) if it did not
+    /// (worth another try), Err if systemd could not be asked or gave no verdict in time.
+    fn start_once(&self, unit: &str, timeout: Duration) -> Result<Option<String>> {
+        let result = self.job(unit, "start", timeout)?;
+        if result != "done" {
+            return Ok(Some(format!("job result {result:?}")));
+        }
+        std::thread::sleep(SETTLE);
+        let state = self.active_state(unit)?;
+        Ok((!running(&state)).then(|| format!("it started, then stopped at once (now {state})")))
+    }
+}
+
+/// Whether an ActiveState means the unit runs (or is on its way up, or reloading).
+fn running(state: &str) -> bool {
+    matches!(state, "active" | "activating" | "reloading")
 }
 
 impl UnitControl for Systemd {
     fn is_active(&self, unit: &str) -> Result<bool> {
-        let state = self.active_state(unit)?;
-        Ok(matches!(
-            state.as_str(),
-            "active" | "activating" | "reloading"
-        ))
+        Ok(running(&self.active_state(unit)?))
     }
 
     fn stop(&self, unit: &str, timeout: Duration) -> Result<()> {
-        self.job(unit, "stop", timeout)
+        match self.job(unit, "stop", timeout)?.as_str() {
+            "done" => Ok(()),
+            result => Err(Error::new(
+                Kind::Unit,
+                format!("{unit} stop failed: job result {result:?}"),
+            )),
+        }
     }
 
     fn start(&self, unit: &str, timeout: Duration) -> Result<()> {
-        self.job(unit, "start", timeout)
+        let mut why = String::new();
+        for attempt in 1..=START_ATTEMPTS {
+            match self.start_once(unit, timeout)? {
+                None => return Ok(()),
+                Some(w) => why = w,
+            }
+            tracing::warn!(unit, attempt, problem = %why, "the unit did not start");
+            if attempt < START_ATTEMPTS {
+                std::thread::sleep(RETRY_PAUSE);
+            }
+        }
+        Err(Error::new(
+            Kind::Unit,
+            format!(
+                "{unit} start failed: {why} ({START_ATTEMPTS} attempts); see journalctl -u {unit}"
+            ),
+        ))
     }
 }

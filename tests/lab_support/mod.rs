@@ -93,6 +93,15 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // A failing test's node is gone once dropped: its journal goes to the test's output.
+        if std::thread::panicking() {
+            let (_, journal) = self.exec(&["journalctl", "--no-pager", "-o", "short-monotonic"]);
+            let tail: Vec<&str> = journal.lines().rev().take(60).collect();
+            eprintln!("journal of node {} (last lines):", self.name);
+            for line in tail.iter().rev() {
+                eprintln!("  {line}");
+            }
+        }
         let _ = Command::new(LAB).args(["stop", &self.name]).status();
     }
 }
