@@ -167,12 +167,14 @@ fn missing_pack_fails_exactly_the_files_it_holds() {
 #[test]
 fn truncated_pack_fails_exactly_the_files_cut_off() {
     let d = Damaged::new();
+    // The largest data pack: its second half holds blobs (a small pack's may be all header).
     let pack = d
         .repo
         .index()
         .packs()
         .iter()
-        .find(|p| p.kind == hostagent::repo::BlobKind::Data)
+        .filter(|p| p.kind == hostagent::repo::BlobKind::Data)
+        .max_by_key(|p| fs::metadata(d.pack_file(&p.id)).unwrap().len())
         .unwrap()
         .id;
     let file = d.pack_file(&pack);

@@ -4,14 +4,17 @@
 //! whatever the tree's size:
 //!
 //! ```text
-//! walker ──events──▶ trees ──tree packs──┐
-//!    │                 ▲ (waits on file slots)
+//! walker ──events──▶ trees ──tree packs──────────────────────────────┐
+//!    │                 ▲ (waits on file slots)                         ▼
 //!    └──file jobs──▶ reader ×N ──new blobs──▶ packer ×N ──data packs──▶ uploader ──▶ store
+//!                       └──────data packs of small chunks──────────────▲
 //! ```
 //! - [`walker`] lists directories in name order, compares entries with the parent snapshot
 //!   and emits nodes; files that changed become jobs.
 //! - [`reader`] reads a file's data regions, cuts them with FastCDC, hashes each chunk with
-//!   the keyed BLAKE3 and sends chunks the repository lacks to the packers.
+//!   the keyed BLAKE3 and sends chunks the repository lacks to the packers, but packs small
+//!   ones (most files of a configuration tree) itself: a hand-off costs more than they do.
+//!   The walker's lead over the readers is bounded by a [`reader::Backlog`].
 //! - [`packer`] compresses and encrypts blobs into its own pack (one per thread, so blob
 //!   order never serialises the cores) and hands full packs to the uploader, which writes
 //!   them and, every few packs, an index file (so an interrupted backup is not lost work).
@@ -425,7 +428,9 @@ fn run_pipeline(
     let hints = opts.hints.as_ref();
     use crossbeam_channel::bounded;
     let (event_tx, event_rx) = bounded(4096);
-    let (job_tx, job_rx) = bounded::<reader::FileJob>(256);
+    // Unbounded, held to 256 files by the backlog.
+    let (job_tx, job_rx) = crossbeam_channel::unbounded::<reader::FileJob>();
+    let backlog = reader::Backlog::new(256, threads);
     let (blob_tx, blob_rx) = bounded::<packer::NewBlob>(threads);
     let (pack_tx, pack_rx) = bounded::<packer::FinishedPack>(threads + 1);
 
@@ -442,16 +447,17 @@ fn run_pipeline(
     };
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            let (rx, tx) = (job_rx.clone(), blob_tx.clone());
-            scope.spawn(move || reader::run(shared, rx, tx));
+            let (rx, tx, packs) = (job_rx.clone(), blob_tx.clone(), pack_tx.clone());
+            let backlog = &backlog;
+            scope.spawn(move || reader::run(shared, rx, backlog, tx, packs));
         }
         for _ in 0..threads {
             let (rx, tx) = (blob_rx.clone(), pack_tx.clone());
             scope.spawn(move || packer::run(shared, rx, tx));
         }
         let trees = {
-            let tx = pack_tx.clone();
-            scope.spawn(move || trees::run(shared, event_rx, tx))
+            let (tx, backlog) = (pack_tx.clone(), &backlog);
+            scope.spawn(move || trees::run(shared, event_rx, backlog, tx))
         };
         let uploader = scope.spawn(move || packer::upload(shared, pack_rx));
         drop((job_rx, blob_tx, blob_rx, pack_tx));
@@ -459,7 +465,7 @@ fn run_pipeline(
         let scanners: Vec<_> = (0..if own { threads } else { 0 })
             .map(|_| scope.spawn(|| scanner.run()))
             .collect();
-        walker::Walker::new(shared, hints, &scanner, event_tx, job_tx).run(paths, parent);
+        walker::Walker::new(shared, hints, &scanner, event_tx, job_tx, &backlog).run(paths, parent);
         scanner.close();
         for s in scanners {
             s.join().expect("scanner panicked");

@@ -1,10 +1,11 @@
 //! Readers: one file at a time, its data regions cut into chunks with FastCDC and hashed; new
 //! chunks go to the packers. Holes in sparse files are recorded, never read.
 
-use super::packer::NewBlob;
+use super::packer::{FinishedPack, NewBlob, Packer};
 use super::{Shared, bump};
 use crate::fsmeta;
 use crate::progress::Progress;
+use crate::repo::BlobKind;
 use crate::repo::tree::{Extent, Timestamp};
 use crossbeam_channel::{Receiver, Sender};
 use fastcdc::v2020::{FastCDC, Normalization};
@@ -12,7 +13,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 pub(super) struct FileJob {
     pub path: PathBuf,
@@ -28,9 +29,30 @@ pub(super) struct FileJob {
 /// hang the backup instead of letting the failure surface.
 impl Drop for FileJob {
     fn drop(&mut self) {
-        self.slot.set_if_empty(FileOutcome::Failed(
+        self.abandon();
+    }
+}
+
+impl FileJob {
+    /// Fails the file unless its slot is filled already.
+    fn abandon(&self) {
+        self.slot.set(FileOutcome::Failed(
             "the backup stopped before this file was read".into(),
         ));
+    }
+}
+
+/// A job a reader took: counted as finished however the reader leaves it (read, failed, or
+/// dropped in a panic), and only once its slot is filled, which the tree builder relies on.
+struct Taken<'a> {
+    job: FileJob,
+    backlog: &'a Backlog,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.job.abandon();
+        self.backlog.finished();
     }
 }
 
@@ -44,39 +66,155 @@ pub(super) enum FileOutcome {
     Failed(String),
 }
 
-/// A one-time cell the tree builder waits on until a reader fills it.
+/// A file's outcome, filled once by the reader that read it (or by the job's drop).
 #[derive(Default)]
-pub(super) struct Slot {
-    value: Mutex<Option<FileOutcome>>,
-    ready: Condvar,
-}
+pub(super) struct Slot(OnceLock<FileOutcome>);
 
 impl Slot {
     pub fn set(&self, v: FileOutcome) {
-        *self.value.lock().unwrap() = Some(v);
-        self.ready.notify_all();
+        let _ = self.0.set(v);
     }
 
-    fn set_if_empty(&self, v: FileOutcome) {
-        let mut g = self.value.lock().unwrap();
-        if g.is_none() {
-            *g = Some(v);
-            self.ready.notify_all();
+    pub fn get(&self) -> Option<&FileOutcome> {
+        self.0.get()
+    }
+}
+
+/// What the walker and the tree builder know of the readers' progress.
+///
+/// The walker's lead is bounded: once `high` files are queued it sleeps until the readers
+/// are down to `high / 2` (a bounded channel would wake it each time a reader takes a file
+/// off a full queue, a thread switch per file). The tree builder, waiting for a file still
+/// being read, sleeps until the readers have finished a batch of files, not just that one:
+/// it would otherwise be woken once per file, right behind the readers.
+pub(super) struct Backlog {
+    state: Mutex<BacklogState>,
+    walker_room: Condvar,
+    builder_progress: Condvar,
+    high: usize,
+}
+
+#[derive(Default)]
+struct BacklogState {
+    /// Files queued and not yet taken by a reader.
+    queued: usize,
+    /// Files ever queued, and files finished.
+    admitted: u64,
+    done: u64,
+    walker_waits: bool,
+    /// The tree builder sleeps until `done` reaches this.
+    builder_target: Option<u64>,
+    readers: usize,
+}
+
+/// How many finished files wake a waiting tree builder.
+const BUILDER_BATCH: u64 = 64;
+
+impl Backlog {
+    pub fn new(high: usize, readers: usize) -> Backlog {
+        Backlog {
+            state: Mutex::new(BacklogState {
+                readers,
+                ..Default::default()
+            }),
+            walker_room: Condvar::new(),
+            builder_progress: Condvar::new(),
+            high,
         }
     }
 
-    pub fn wait(&self) -> FileOutcome {
-        let mut g = self.value.lock().unwrap();
+    /// Counts a file about to be queued, first waiting for room (none needed once every
+    /// reader has stopped: the queue's send then fails).
+    pub fn admit(&self) {
+        let mut g = self.state.lock().unwrap();
+        while g.queued >= self.high && g.readers > 0 {
+            g.walker_waits = true;
+            g = self.walker_room.wait(g).unwrap();
+        }
+        g.queued += 1;
+        g.admitted += 1;
+    }
+
+    fn taken(&self) {
+        let mut g = self.state.lock().unwrap();
+        g.queued = g.queued.saturating_sub(1);
+        if g.walker_waits && g.queued <= self.high / 2 {
+            g.walker_waits = false;
+            self.walker_room.notify_one();
+        }
+    }
+
+    fn finished(&self) {
+        let mut g = self.state.lock().unwrap();
+        g.done += 1;
+        if g.builder_target.is_some_and(|t| g.done >= t) {
+            g.builder_target = None;
+            self.builder_progress.notify_one();
+        }
+    }
+
+    /// The outcome of a queued file, once a reader has filled its slot.
+    pub fn outcome<'a>(&self, slot: &'a Slot) -> &'a FileOutcome {
         loop {
-            if let Some(v) = g.as_ref() {
-                return v.clone();
+            if let Some(v) = slot.get() {
+                return v;
             }
-            g = self.ready.wait(g).unwrap();
+            let mut g = self.state.lock().unwrap();
+            // A slot is filled before its file counts as finished: if every queued file is
+            // finished (or no reader is left to finish one), the slot is filled by now.
+            let target = (g.done + BUILDER_BATCH).min(g.admitted);
+            if slot.get().is_none() && g.done < target && g.readers > 0 {
+                g.builder_target = Some(target);
+                while g.builder_target.is_some() && g.readers > 0 {
+                    g = self.builder_progress.wait(g).unwrap();
+                }
+            }
+        }
+    }
+
+    fn reader_stopped(&self) {
+        let mut g = self.state.lock().unwrap();
+        g.readers -= 1;
+        if g.readers == 0 {
+            self.walker_room.notify_one();
+            self.builder_progress.notify_one();
         }
     }
 }
 
-pub(super) fn run(shared: &Shared<'_>, jobs: Receiver<FileJob>, blobs: Sender<NewBlob>) {
+/// Tells the backlog a reader stopped, however it stops (a panic included), so the walker
+/// never waits for readers that are gone.
+struct ReaderAlive<'a>(&'a Backlog);
+
+impl Drop for ReaderAlive<'_> {
+    fn drop(&mut self) {
+        self.0.reader_stopped();
+    }
+}
+
+/// Chunks up to this size a reader packs itself: most files of a configuration tree are
+/// this small, and handing each one to a packer thread would cost a copy and a thread
+/// wake-up, more than compressing it.
+const READER_PACKS_UP_TO: usize = 64 << 10;
+
+/// Where a reader's new chunks go: small ones into its own pack, the others to the packers.
+pub(super) struct Outlet<'s, 'r> {
+    blobs: Sender<NewBlob>,
+    own: Option<Packer<'s, 'r>>,
+}
+
+pub(super) fn run(
+    shared: &Shared<'_>,
+    jobs: Receiver<FileJob>,
+    backlog: &Backlog,
+    blobs: Sender<NewBlob>,
+    packs: Sender<FinishedPack>,
+) {
+    let _alive = ReaderAlive(backlog);
+    let mut out = Outlet {
+        blobs,
+        own: Packer::new(shared, BlobKind::Data, packs),
+    };
     let cfg = &shared.repo.config().chunker;
     let params = ChunkParams {
         min: cfg.min_size as usize,
@@ -92,6 +230,9 @@ pub(super) fn run(shared: &Shared<'_>, jobs: Receiver<FileJob>, blobs: Sender<Ne
     };
     let mut buf = Vec::new();
     for job in jobs {
+        backlog.taken();
+        let taken = Taken { job, backlog };
+        let job = &taken.job;
         // The walk may be long over when a cancel comes: readers must notice it too.
         if shared.progress.is_cancelled() {
             shared.fail(crate::error::Error::cancelled());
@@ -100,7 +241,7 @@ pub(super) fn run(shared: &Shared<'_>, jobs: Receiver<FileJob>, blobs: Sender<Ne
             job.slot.set(FileOutcome::Failed("backup aborted".into()));
             continue;
         }
-        let outcome = match read_file(shared, &job, &params, &mut buf, &blobs) {
+        let outcome = match read_file(shared, job, &params, &mut buf, &mut out) {
             Ok(o) => o,
             // Stopped by a cancel or another stage's failure: not a problem of this file.
             Err(msg) if shared.aborted() => FileOutcome::Failed(msg),
@@ -114,6 +255,9 @@ pub(super) fn run(shared: &Shared<'_>, jobs: Receiver<FileJob>, blobs: Sender<Ne
         if buf.capacity() > 16 << 20 {
             buf = Vec::new();
         }
+    }
+    if let Some(p) = out.own {
+        p.finish();
     }
 }
 
@@ -145,7 +289,7 @@ fn read_file(
     job: &FileJob,
     params: &ChunkParams,
     buf: &mut Vec<u8>,
-    blobs: &Sender<NewBlob>,
+    out: &mut Outlet<'_, '_>,
 ) -> Result<FileOutcome, String> {
     let mut file = open_noatime(&job.path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => "vanished before it could be read".to_string(),
@@ -165,7 +309,7 @@ fn read_file(
         }
         file.seek(SeekFrom::Start(start))
             .map_err(|e| format!("cannot seek: {e}"))?;
-        let got = chunk_region(shared, &mut file, len, params, buf, blobs, &mut extents)
+        let got = chunk_region(shared, &mut file, len, params, buf, out, &mut extents)
             .map_err(|e| format!("read failed: {e}"))?;
         pos = start + got;
         if got < len {
@@ -205,7 +349,7 @@ fn chunk_region(
     len: u64,
     p: &ChunkParams,
     buf: &mut Vec<u8>,
-    blobs: &Sender<NewBlob>,
+    out: &mut Outlet<'_, '_>,
     extents: &mut Vec<Extent>,
 ) -> std::io::Result<u64> {
     // The largest chunk plus an average one: every refill brings at least an average chunk
@@ -252,7 +396,7 @@ fn chunk_region(
             if end == buf.len() && !last {
                 break;
             }
-            emit_chunk(shared, &buf[chunk.offset..end], blobs, extents);
+            emit_chunk(shared, &buf[chunk.offset..end], out, extents);
             consumed = end;
         }
         total += consumed as u64;
@@ -266,7 +410,7 @@ fn chunk_region(
 fn emit_chunk(
     shared: &Shared<'_>,
     data: &[u8],
-    blobs: &Sender<NewBlob>,
+    out: &mut Outlet<'_, '_>,
     extents: &mut Vec<Extent>,
 ) {
     let id = shared.repo.keys().blob_id(data);
@@ -277,9 +421,14 @@ fn emit_chunk(
     if shared.claim(&id) {
         bump(&shared.stats.bytes_new, data.len() as u64);
         bump(&shared.stats.data_blobs_new, 1);
-        let _ = blobs.send(NewBlob {
-            id,
-            data: shared.buffers.copy(data),
-        });
+        match &mut out.own {
+            Some(p) if data.len() <= READER_PACKS_UP_TO => p.add(id, data),
+            _ => {
+                let _ = out.blobs.send(NewBlob {
+                    id,
+                    data: shared.buffers.copy(data),
+                });
+            }
+        }
     }
 }

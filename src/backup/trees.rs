@@ -5,7 +5,7 @@
 //! keeps the readers fed.
 
 use super::packer::{FinishedPack, Packer};
-use super::reader::{FileOutcome, Slot};
+use super::reader::{Backlog, FileOutcome, Slot};
 use super::{Shared, bump};
 use crate::repo::tree::{Node, NodeKind, Tree};
 use crate::repo::{BlobKind, Id};
@@ -31,6 +31,7 @@ pub(super) enum Event {
 pub(super) fn run(
     shared: &Shared<'_>,
     events: Receiver<Event>,
+    backlog: &Backlog,
     out: Sender<FinishedPack>,
 ) -> Option<Id> {
     let mut packer = Packer::new(shared, BlobKind::Tree, out);
@@ -45,9 +46,11 @@ pub(super) fn run(
                 mut node,
                 slot,
                 path,
-            } => match slot.wait() {
+            } => match backlog.outcome(&slot) {
                 FileOutcome::Read { extents } => {
-                    node.kind = NodeKind::File { extents };
+                    node.kind = NodeKind::File {
+                        extents: extents.clone(),
+                    };
                     stack.last_mut()?.push(node);
                 }
                 FileOutcome::Failed(msg) => {

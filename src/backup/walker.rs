@@ -5,7 +5,7 @@
 //! snapshot (and whose chunks are all indexed) keeps the parent's extents and xattrs without
 //! being opened. Everything else that is a regular file becomes a [`FileJob`] for the readers.
 
-use super::reader::{FileJob, Slot};
+use super::reader::{Backlog, FileJob, Slot};
 use super::scan::Scanner;
 use super::trees::Event;
 use super::{ChangeHints, Shared, bump};
@@ -55,6 +55,7 @@ pub(super) struct Walker<'s, 'r> {
     scan: &'s Scanner,
     events: Sender<Event>,
     jobs: Sender<FileJob>,
+    backlog: &'s Backlog,
     owners: OwnerNames,
     /// Files with several links seen in this walk: later links share the first one's result.
     hardlinks: HashMap<(u64, u64), Arc<Slot>>,
@@ -69,6 +70,7 @@ impl<'s, 'r> Walker<'s, 'r> {
         scan: &'s Scanner,
         events: Sender<Event>,
         jobs: Sender<FileJob>,
+        backlog: &'s Backlog,
     ) -> Self {
         Walker {
             shared,
@@ -76,6 +78,7 @@ impl<'s, 'r> Walker<'s, 'r> {
             scan,
             events,
             jobs,
+            backlog,
             owners: OwnerNames::default(),
             hardlinks: HashMap::new(),
         }
@@ -416,6 +419,7 @@ impl<'s, 'r> Walker<'s, 'r> {
             inode: node.inode,
             slot: slot.clone(),
         };
+        self.backlog.admit();
         if self.jobs.send(job).is_err() {
             return;
         }
