@@ -95,11 +95,16 @@ pub fn writers_and_prunes(store: Arc<dyn ObjectStore>, writers: usize, rounds: u
                 }
             })
         };
-        for h in handles {
-            h.join().unwrap();
-        }
+        // The pruner stops once the writers end, also when one of them failed: a panic
+        // is reported here, after the pruner, instead of leaving it pruning forever.
+        let writers: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
         done.store(true, Ordering::SeqCst);
         pruner.join().unwrap();
+        for w in writers {
+            if let Err(panic) = w {
+                std::panic::resume_unwind(panic);
+            }
+        }
     });
 
     let reports = prune_reports.into_inner().unwrap();
