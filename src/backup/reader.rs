@@ -34,8 +34,12 @@ impl Drop for FileJob {
 }
 
 impl FileJob {
-    /// Fails the file unless its slot is filled already.
+    /// Fails the file unless its slot is filled already (checked first: this runs for every
+    /// file, twice, and the message need not be built for a filled slot).
     fn abandon(&self) {
+        if self.slot.get().is_some() {
+            return;
+        }
         self.slot.set(FileOutcome::Failed(
             "the backup stopped before this file was read".into(),
         ));
@@ -198,7 +202,7 @@ impl Drop for ReaderAlive<'_> {
 const READER_PACKS_UP_TO: usize = 64 << 10;
 
 /// Where a reader's new chunks go: small ones into its own pack, the others to the packers.
-pub(super) struct Outlet<'s, 'r> {
+struct Outlet<'s, 'r> {
     blobs: Sender<NewBlob>,
     own: Option<Packer<'s, 'r>>,
 }

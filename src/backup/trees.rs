@@ -1,8 +1,9 @@
 //! The tree builder: turns the walker's events into tree blobs, bottom-up.
 //!
 //! Events arrive in walk order; a directory's tree is complete at its `LeaveDir`. Files still
-//! being read are waited for here, in order, so the walker itself never blocks on a reader and
-//! keeps the readers fed.
+//! being read are waited for here, in order (through the [`Backlog`], which wakes this thread
+//! per batch of finished files), so the walker itself never waits on one file and keeps the
+//! readers fed.
 
 use super::packer::{FinishedPack, Packer};
 use super::reader::{Backlog, FileOutcome, Slot};
